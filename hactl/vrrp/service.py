@@ -1,0 +1,611 @@
+"""VrrpService: the asyncio shell around the VRRP routers.
+
+It does what a shell does (STYLE §8.4) and nothing else: receive, feed the core, drain its
+events, carry them out through ports, re-arm one deadline.
+
+* One channel per (interface, family) (`socket.RawChannelFactory`, or the UDP development
+  transport); inbound datagrams are demultiplexed by (interface, family, VRID) and decoded
+  with the instance's receive policy. Decode failures become `AdvertisementDropped` facts
+  through the router, so every rejection is counted per reason.
+* One loop waits for the next datagram or tracking result *or* the earliest router
+  deadline, takes `now` from the clock, feeds the routers and applies their events in order
+  (advert first, then addresses, then announcements, then notifies).
+* Tracked interfaces and files are polled; vrrp_scripts run in a `ScriptRunner`.
+* Leaving always runs (finally): every router shuts down (priority-0 advert when master),
+  the VIPs are removed, channels closed, STOP notifies given their 1 s.
+* Starting removes VIPs a crashed previous run left behind (the routers ask for it).
+
+Must not import: pyroute2 (ports are injected), the configuration front end.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from ipaddress import IPv4Address, IPv6Address
+from typing import Any
+
+import structlog
+
+from hactl.clock import Clock, LoopClock
+from hactl.errors import HactlError, KernelError, NotSupported, VrrpDecodeError
+from hactl.net.ports import AddressPort, NeighbourPort
+from hactl.vrrp.events import (
+    AddAddresses,
+    AddRoutes,
+    AdvertisementDropped,
+    AnnounceAddresses,
+    GroupStateChanged,
+    MasterReceivedLowerPriority,
+    PriorityChanged,
+    RemoveAddresses,
+    RemoveRoutes,
+    SendAdvertisement,
+    SplitBrainDetected,
+    StateChanged,
+    VrrpEvent,
+    VrrpState,
+)
+from hactl.vrrp.model import AuthType, Family, IPAddress, Route, Rule, VrrpConfig, VrrpInstance
+from hactl.vrrp.notify import Notifier
+from hactl.vrrp.packet import (
+    IPPROTO_AH,
+    MCAST_GROUP4,
+    MCAST_GROUP6,
+    AhParams,
+    decode,
+    decode_ipv4,
+    encode,
+    encode_ipv4,
+)
+from hactl.vrrp.router import (
+    RouterStatus,
+    SyncGroupCore,
+    TrackKind,
+    VirtualRouter,
+)
+from hactl.vrrp.socket import Channel, ChannelFactory, Inbound
+from hactl.vrrp.track import ScriptRunner, ScriptStateChanged, read_track_file
+
+__all__ = ["ServiceStatus", "VrrpService"]
+
+_ChannelKey = tuple[str, Family]
+
+
+class _Shutdown(Exception):
+    """Raised by the shutdown task to end the service's TaskGroup."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ServiceStatus:
+    routers: tuple[RouterStatus, ...]
+    unknown_vrid: int
+    send_errors: int
+    address_errors: int
+
+
+@dataclass(slots=True)
+class _Binding:
+    router: VirtualRouter
+    channel: Channel
+    ident: int = 0
+
+
+class VrrpService:
+    """Runs every VRRP instance of a `VrrpConfig`.
+
+    Args:
+        config: the VRRP slice of the configuration.
+        addresses: VIP add/remove and link queries.
+        neighbours: gratuitous ARP / unsolicited NA sender.
+        channels: the transport (raw sockets, or UDP for development).
+        clock: where `now` comes from.
+        notifier: notify scripts and FIFO; None for none.
+        on_state_changed: called with (instance name, new state) after each transition has
+            been carried out (the director follows mastership with it instead of polling);
+            it must not block or raise.
+    """
+
+    def __init__(
+        self,
+        config: VrrpConfig,
+        *,
+        addresses: AddressPort,
+        neighbours: NeighbourPort,
+        channels: ChannelFactory,
+        clock: Clock,
+        notifier: Notifier | None = None,
+        link_poll_interval: float = 0.2,
+        file_poll_interval: float = 0.5,
+        on_state_changed: Callable[[str, VrrpState], None] | None = None,
+    ) -> None:
+        for inst in config.instances:
+            if not inst.accept and not inst.owner:
+                # refuse rather than pretend: dropping traffic to the VIPs needs firewall
+                # rules hactl does not install yet
+                raise NotSupported(
+                    "no_accept", errno.EOPNOTSUPP, f"{inst.name}: no_accept is not supported"
+                )
+        self.config = config
+        self._addresses = addresses
+        self._neighbours = neighbours
+        self._channel_factory = channels
+        self._clock = clock
+        self._notifier = notifier or Notifier()
+        self._link_poll_interval = link_poll_interval
+        self._file_poll_interval = file_poll_interval
+        self._on_state_changed = on_state_changed
+        self._log = structlog.get_logger("hactl.vrrp")
+        self.routers: dict[str, VirtualRouter] = {}
+        self.groups: list[SyncGroupCore] = []
+        self._channels: dict[_ChannelKey, Channel] = {}
+        self._bindings: dict[tuple[str, Family, int], _Binding] = {}
+        self._own: dict[_ChannelKey, set[IPAddress]] = {}
+        self._inbox: list[tuple[_ChannelKey, Inbound] | ScriptStateChanged] = []
+        self._ifindex: dict[str, int] = {}
+        self._wake = asyncio.Event()
+        self._counters: Counter[str] = Counter()
+        self._background: set[asyncio.Task[None]] = set()
+        self.started = asyncio.Event()
+
+    # ------------------------------------------------------------------ public
+
+    def status(self) -> ServiceStatus:
+        return ServiceStatus(
+            routers=tuple(r.status() for r in self.routers.values()),
+            unknown_vrid=self._counters["unknown_vrid"],
+            send_errors=self._counters["send_errors"],
+            address_errors=self._counters["address_errors"],
+        )
+
+    async def run(self, *, shutdown_trigger: Callable[[], Awaitable[Any]]) -> None:
+        """Run until `shutdown_trigger` returns (or the task is cancelled), then leave.
+
+        Raises:
+            KernelError / OSError: setup failed (no address on an interface, no raw socket).
+        """
+        try:
+            await self._setup()
+            now = self._clock.now()
+            for router in self.routers.values():
+                router.start(now=now)
+            await self._drain()
+            self.started.set()
+            try:
+                async with asyncio.TaskGroup() as tg:
+                    tg.create_task(self._loop(), name="vrrp loop")
+                    tg.create_task(self._until(shutdown_trigger), name="vrrp shutdown")
+                    if self.config.scripts:
+                        runner = ScriptRunner(
+                            self.config.scripts,
+                            clock=self._clock,
+                            emit=self._script_changed,
+                            default_user=self.config.script_user,
+                        )
+                        tg.create_task(runner.run(), name="vrrp scripts")
+                    if self._tracked_links():
+                        tg.create_task(self._poll_links(), name="vrrp links")
+                    if self._tracked_files():
+                        tg.create_task(self._poll_files(), name="vrrp files")
+            except* _Shutdown:
+                pass
+        finally:
+            await self._leave()
+
+    # ------------------------------------------------------------------ setup
+
+    async def _setup(self) -> None:
+        weights = {s.name: s.weight for s in self.config.scripts}
+        in_group = {m: g for g in self.config.sync_groups for m in g.members}
+        for inst in self.config.instances:
+            group = in_group.get(inst.name)
+            primary = await self._primary_address(inst)
+            router = VirtualRouter(
+                inst,
+                primary_address=primary,
+                tracking_weight=group is None or group.sync_group_tracking_weight,
+                script_weights=weights,
+            )
+            self.routers[inst.name] = router
+            key: _ChannelKey = (inst.interface, inst.family)
+            self._own.setdefault(key, set()).add(primary)
+        for group_config in self.config.sync_groups:
+            members = [self.routers[m] for m in group_config.members]
+            self.groups.append(SyncGroupCore(group_config, members))
+        # initial tracking state: init_fail scripts start failed
+        init_fail = {s.name for s in self.config.scripts if s.init_fail}
+        now = self._clock.now()
+        for router in self.routers.values():
+            for kind, name in router.tracks():
+                if kind is TrackKind.SCRIPT and name in init_fail:
+                    router.set_track(kind, name, False, now=now)
+        await self._poll_links_once(now=now)
+        self._poll_files_once(now=now)
+        for router in self.routers.values():
+            inst = router.config
+            key = (inst.interface, inst.family)
+            channel = self._channels.get(key)
+            if channel is None:
+                channel = self._open_channel(inst, router.primary_address)
+                self._channels[key] = channel
+            binding_key = (inst.interface, inst.family, inst.vrid)
+            if binding_key in self._bindings:
+                raise HactlError(f"{inst.name}: VRID {inst.vrid} used twice on {inst.interface}")
+            self._bindings[binding_key] = _Binding(router, channel)
+
+    def _open_channel(self, inst: VrrpInstance, source: IPAddress) -> Channel:
+        key: _ChannelKey = (inst.interface, inst.family)
+        same = [i for i in self.config.instances if (i.interface, i.family) == key]
+        ifindex = self._ifindex.get(inst.interface, 0)
+        return self._channel_factory.open(
+            interface=inst.interface,
+            ifindex=ifindex,
+            family=inst.family,
+            source=source,
+            multicast=any(not i.unicast for i in same),
+            ah=any(i.auth_type is AuthType.AH for i in same),
+            on_receive=lambda inbound: self._received(key, inbound),
+        )
+
+    async def _primary_address(self, inst: VrrpInstance) -> IPAddress:
+        if inst.unicast_src_ip is not None:
+            with contextlib.suppress(KernelError):
+                self._ifindex[inst.interface] = await self._addresses.link_index(inst.interface)
+            return inst.unicast_src_ip
+        self._ifindex[inst.interface] = await self._addresses.link_index(inst.interface)
+        vips = {v.ip for v in (*inst.vips, *inst.excluded_vips)}
+        for addr in await self._addresses.list_addresses(inst.interface):
+            ip = addr.ip
+            if ip in vips:
+                continue  # a VIP left by a crashed run is never our source address
+            if inst.family is Family.INET and isinstance(ip, IPv4Address):
+                return ip
+            if inst.family is Family.INET6 and isinstance(ip, IPv6Address) and ip.is_link_local:
+                return ip
+        raise KernelError(
+            "primary_address",
+            errno.EADDRNOTAVAIL,
+            f"{inst.name}: {inst.interface} has no "
+            f"{'IPv4' if inst.family is Family.INET else 'link-local IPv6'} address",
+        )
+
+    # ------------------------------------------------------------------ main loop
+
+    async def _until(self, trigger: Callable[[], Awaitable[Any]]) -> None:
+        await trigger()
+        raise _Shutdown
+
+    async def _loop(self) -> None:
+        while True:
+            deadlines = [d for r in self.routers.values() if (d := r.next_deadline()) is not None]
+            if not self._inbox:
+                await self._wait(min(deadlines) if deadlines else None)
+            now = self._clock.now()
+            inbox, self._inbox = self._inbox, []
+            for item in inbox:
+                self._feed(item, now=now)
+            for router in self.routers.values():
+                deadline = router.next_deadline()
+                if deadline is not None and now >= deadline:
+                    router.handle_timer(now=now)
+            await self._drain()
+
+    async def _wait(self, deadline: float | None) -> None:
+        self._wake.clear()
+        if deadline is None:
+            await self._wake.wait()
+            return
+        if deadline <= self._clock.now():
+            return
+        if isinstance(self._clock, LoopClock):
+            # fast path: the loop's own timer sets the wake event at the deadline (one timer
+            # handle, no tasks), which keeps advert and takeover jitter low
+            handle = asyncio.get_running_loop().call_at(deadline, self._wake.set)
+            try:
+                await self._wake.wait()
+            finally:
+                handle.cancel()
+            return
+        waker = asyncio.ensure_future(self._wake.wait())
+        sleeper = asyncio.ensure_future(self._clock.sleep_until(deadline))
+        try:
+            await asyncio.wait({waker, sleeper}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (waker, sleeper):
+                task.cancel()
+
+    def _received(self, key: _ChannelKey, inbound: Inbound) -> None:
+        self._inbox.append((key, inbound))
+        self._wake.set()
+
+    def _script_changed(self, event: ScriptStateChanged) -> None:
+        self._inbox.append(event)
+        self._wake.set()
+
+    def _feed(self, item: tuple[_ChannelKey, Inbound] | ScriptStateChanged, *, now: float) -> None:
+        if isinstance(item, ScriptStateChanged):
+            for router in self.routers.values():
+                if (TrackKind.SCRIPT, item.name) in router.tracks():
+                    router.set_track(TrackKind.SCRIPT, item.name, item.ok, now=now)
+            return
+        key, inbound = item
+        if inbound.src in self._own.get(key, ()):
+            return  # our own advert looped back
+        vrid = _vrid_of(inbound)
+        binding = self._bindings.get((key[0], key[1], vrid)) if vrid is not None else None
+        if binding is None:
+            # spec §4.2 check 0: unknown VRIDs are ignored silently (counted)
+            self._counters["unknown_vrid"] += 1
+            return
+        router = binding.router
+        try:
+            policy = router.policy_for(inbound.src)
+            if inbound.ipv4_datagram:
+                received = decode_ipv4(inbound.data, policy=policy)
+                router.receive_advertisement(
+                    received.advertisement, src=received.src, now=now, ah_seq=received.ah_seq
+                )
+            else:
+                adv = decode(
+                    inbound.data,
+                    src=inbound.src,
+                    dst=inbound.dst,
+                    ttl=inbound.ttl,
+                    policy=policy,
+                )
+                router.receive_advertisement(adv, src=inbound.src, now=now)
+        except VrrpDecodeError as err:
+            router.record_decode_error(err, src=inbound.src)
+
+    # ------------------------------------------------------------------ effects
+
+    async def _drain(self) -> None:
+        moved = True
+        while moved:
+            moved = False
+            for router in self.routers.values():
+                for event in router.pop_events():
+                    moved = True
+                    await self._apply(router, event)
+            for group in self.groups:
+                for event in group.pop_events():
+                    moved = True
+                    await self._apply(None, event)
+
+    async def _apply(self, router: VirtualRouter | None, event: VrrpEvent) -> None:
+        log = self._log
+        if isinstance(event, SendAdvertisement):
+            assert router is not None
+            self._send(router, event)
+        elif isinstance(event, AddAddresses):
+            for address in event.addresses:
+                try:
+                    await self._addresses.add_address(event.interface, address)
+                except (KernelError, OSError) as err:
+                    self._counters["address_errors"] += 1
+                    log.error(
+                        "vrrp.address_failed",
+                        op="add",
+                        vrid=_vrid(router),
+                        instance=event.instance,
+                        address=str(address),
+                        error=str(err),
+                    )
+        elif isinstance(event, RemoveAddresses):
+            for address in event.addresses:
+                try:
+                    await self._addresses.remove_address(event.interface, address)
+                except (KernelError, OSError) as err:
+                    self._counters["address_errors"] += 1
+                    log.error(
+                        "vrrp.address_failed",
+                        op="remove",
+                        instance=event.instance,
+                        address=str(address),
+                        error=str(err),
+                    )
+        elif isinstance(event, AddRoutes):
+            await self._routes(event.instance, event.routes, event.rules, add=True)
+        elif isinstance(event, RemoveRoutes):
+            await self._routes(event.instance, event.routes, event.rules, add=False)
+        elif isinstance(event, AnnounceAddresses):
+            self._spawn(self._announce(event))
+        elif isinstance(event, StateChanged):
+            log.info(
+                "vrrp.state_changed",
+                instance=event.instance,
+                vrid=_vrid(router),
+                old=event.old.name,
+                new=event.new.name,
+                reason=event.reason,
+                priority=event.priority,
+            )
+            if router is not None:
+                self._notifier.instance_state(
+                    router.config.notify, event.instance, event.new, event.priority
+                )
+            if self._on_state_changed is not None:
+                self._on_state_changed(event.instance, event.new)
+        elif isinstance(event, GroupStateChanged):
+            log.info(
+                "vrrp.group_state_changed",
+                group=event.group,
+                new=event.new.name,
+                initiator=event.initiator,
+            )
+            group = next(g for g in self.groups if g.name == event.group)
+            self._notifier.group_state(group.config.notify, event.group, event.new)
+        elif isinstance(event, AdvertisementDropped):
+            log.debug(
+                "vrrp.advert_dropped",
+                instance=event.instance,
+                reason=event.reason.value,
+                src=str(event.src),
+                detail=event.detail,
+            )
+        elif isinstance(event, SplitBrainDetected):
+            log.warning(
+                "vrrp.split_brain",
+                instance=event.instance,
+                src=str(event.src),
+                their_priority=event.their_priority,
+                our_priority=event.our_priority,
+                count=event.count,
+            )
+        elif isinstance(event, MasterReceivedLowerPriority):
+            if router is not None:
+                self._notifier.master_rx_lower_priority(
+                    router.config.notify, event.instance, event.priority
+                )
+        elif isinstance(event, PriorityChanged):
+            log.info("vrrp.priority_changed", instance=event.instance, old=event.old, new=event.new)
+
+    def _send(self, router: VirtualRouter, event: SendAdvertisement) -> None:
+        inst = router.config
+        binding = self._bindings[(inst.interface, inst.family, inst.vrid)]
+        source = router.primary_address
+        if inst.unicast:
+            targets: list[IPAddress] = [p.address for p in inst.unicast_peers]
+            ttl = inst.unicast_ttl
+        else:
+            targets = [MCAST_GROUP4 if inst.family is Family.INET else MCAST_GROUP6]
+            ttl = 255
+        for dst in targets:
+            try:
+                if binding.channel.ipv4_datagrams:
+                    assert isinstance(source, IPv4Address) and isinstance(dst, IPv4Address)
+                    binding.ident = binding.ident % 0xFFFF + 1  # never 0 (spec §5.3)
+                    ah = None
+                    if inst.auth_type is AuthType.AH and event.ah_seq is not None:
+                        ah = AhParams(key=inst.auth_key, seq=event.ah_seq, unicast=inst.unicast)
+                    data = encode_ipv4(
+                        event.advertisement,
+                        src=source,
+                        dst=dst,
+                        ident=binding.ident,
+                        ttl=ttl,
+                        ah=ah,
+                    )
+                else:
+                    data = encode(event.advertisement, src=source, dst=dst)
+                binding.channel.send(data, dst, ttl=ttl)
+            except OSError as err:
+                self._counters["send_errors"] += 1
+                self._log.warning(
+                    "vrrp.send_failed", instance=inst.name, dst=str(dst), error=str(err)
+                )
+
+    async def _routes(
+        self, instance: str, routes: tuple[Route, ...], rules: tuple[Rule, ...], *, add: bool
+    ) -> None:
+        port = self._addresses
+        # add: routes (which may use a VIP as source) then rules; remove: the reverse
+        steps: list[tuple[str, Route | Rule]] = (
+            [("route", r) for r in routes] + [("rule", r) for r in rules]
+            if add
+            else [("rule", r) for r in rules] + [("route", r) for r in routes]
+        )
+        for kind, item in steps:
+            try:
+                if isinstance(item, Route):
+                    await (port.add_route(item) if add else port.remove_route(item))
+                else:
+                    await (port.add_rule(item) if add else port.remove_rule(item))
+            except (KernelError, OSError) as err:
+                self._counters["address_errors"] += 1
+                self._log.error(
+                    "vrrp.route_failed",
+                    op="add" if add else "remove",
+                    kind=kind,
+                    instance=instance,
+                    item=str(item),
+                    error=str(err),
+                )
+
+    async def _announce(self, event: AnnounceAddresses) -> None:
+        try:
+            await self._neighbours.announce(
+                event.interface, event.addresses, repeat=event.repeat, interval=event.interval
+            )
+        except OSError as err:
+            self._log.warning("vrrp.announce_failed", instance=event.instance, error=str(err))
+
+    def _spawn(self, coro: Awaitable[None]) -> None:
+        task: asyncio.Task[None] = asyncio.ensure_future(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    # ------------------------------------------------------------------ tracking
+
+    def _tracked_links(self) -> set[str]:
+        return {n for r in self.routers.values() for k, n in r.tracks() if k is TrackKind.INTERFACE}
+
+    def _tracked_files(self) -> dict[str, str]:
+        return {tf.name: tf.path for inst in self.config.instances for tf in inst.track_files}
+
+    async def _poll_links(self) -> None:
+        while True:
+            await self._clock.sleep_until(self._clock.now() + self._link_poll_interval)
+            await self._poll_links_once(now=self._clock.now())
+            await self._drain()
+
+    async def _poll_links_once(self, *, now: float) -> None:
+        for name in self._tracked_links():
+            try:
+                up = await self._addresses.link_is_up(name)
+            except KernelError:
+                up = False  # a missing link is a down link
+            for router in self.routers.values():
+                if (TrackKind.INTERFACE, name) in router.tracks():
+                    router.set_track(TrackKind.INTERFACE, name, up, now=now)
+
+    async def _poll_files(self) -> None:
+        while True:
+            await self._clock.sleep_until(self._clock.now() + self._file_poll_interval)
+            self._poll_files_once(now=self._clock.now())
+            await self._drain()
+
+    def _poll_files_once(self, *, now: float) -> None:
+        for name, path in self._tracked_files().items():
+            value = read_track_file(path)
+            for router in self.routers.values():
+                if (TrackKind.FILE, name) in router.tracks():
+                    router.set_track(TrackKind.FILE, name, value, now=now)
+
+    # ------------------------------------------------------------------ leaving
+
+    async def _leave(self) -> None:
+        """RFC 5798 §6.4.3 Shutdown for every router; each step attempted (STYLE §8.4)."""
+        now = self._clock.now()
+        for router in self.routers.values():
+            try:
+                router.shutdown(now=now)
+            except Exception as err:  # pragma: no cover - a bug; keep releasing the rest
+                self._log.error("vrrp.shutdown_failed", instance=router.name, error=str(err))
+        with contextlib.suppress(Exception):
+            await self._drain()
+        for task in list(self._background):
+            task.cancel()
+        for channel in self._channels.values():
+            with contextlib.suppress(OSError):
+                channel.close()
+        self._channels.clear()
+        await self._notifier.aclose()
+
+
+def _vrid_of(inbound: Inbound) -> int | None:
+    data = inbound.data
+    if not inbound.ipv4_datagram:
+        return data[1] if len(data) >= 2 else None
+    if len(data) < 20:
+        return None
+    offset = (data[0] & 0x0F) * 4 + (24 if data[9] == IPPROTO_AH else 0)
+    return data[offset + 1] if len(data) > offset + 1 else None
+
+
+def _vrid(router: VirtualRouter | None) -> int | None:
+    return router.config.vrid if router is not None else None
