@@ -8,30 +8,17 @@ HACTL_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 profile="${1:-test}"
 
 say() { printf '[setup] %s\n' "$*" >&2; }
-
-as_root() {
-    if [ "$(id -u)" -eq 0 ]; then "$@"
-    elif command -v sudo >/dev/null 2>&1; then sudo -n "$@"
-    else return 1
-    fi
-}
+. "$HACTL_ROOT/tools/lib/debs.sh"
 
 # Debian packages: iproute2 always; for the test suite also the reference peers and tools.
 debs=(iproute2 python3-venv)
 if [ "$profile" = test ]; then
     debs+=(keepalived tshark nftables procps)
 fi
-missing=()
-for p in "${debs[@]}"; do
-    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
-done
-if [ "${#missing[@]}" -gt 0 ] && command -v apt-get >/dev/null 2>&1; then
-    say "installing Debian packages: ${missing[*]}"
-    if ! { as_root env DEBIAN_FRONTEND=noninteractive apt-get update -qq >/dev/null &&
-           as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
-               "${missing[@]}" >/dev/null; }; then
-        say "could not install ${missing[*]} (not root and no sudo?); tests that need them will skip"
-    fi
+install_debs setup "${debs[@]}" || say "tests that need the missing packages will skip"
+if [ "$profile" = test ]; then
+    # What tools/kernel-vm.sh needs to boot Debian's kernel (with IPVS) for tests/kernel.
+    bash "$HACTL_ROOT/tools/kernel-vm-setup.sh" || say "kernel tests will skip"
 fi
 
 PY="${PYTHON:-python3}"
