@@ -1,0 +1,171 @@
+"""Socket events drive the engine like packets would: ActiveConn/InActConn, states, stats.
+
+Loopback, against the production adapter (`EngineFlowTable`) over the real engine.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from ipaddress import IPv4Address, IPv6Address
+
+import pytest
+from structlog.testing import capture_logs
+
+from hactl.ipvs.dataplane import DataPlane, DataPlaneSettings
+from hactl.ipvs.model import FwdMethod, IpProto, ServiceKey, Stats, VirtualService
+from tests.shell.ipvs.dataplane_support import (
+    Clients,
+    free_port,
+    make_table,
+    start_servers,
+    tcp_service,
+)
+
+pytestmark = [pytest.mark.asyncio, pytest.mark.timeout(60)]
+
+
+async def _until(predicate: Callable[[], bool], limit: float = 5.0) -> None:
+    async with asyncio.timeout(limit):
+        while not predicate():  # noqa: ASYNC110 - the state is changed by loop callbacks
+            await asyncio.sleep(0.01)
+
+
+def _states(table: object) -> list[str]:
+    engine = table.engine  # type: ignore[attr-defined]
+    now = asyncio.get_running_loop().time()
+    return sorted(c.state for c in engine.connections(now=now) if c.cport != 0)
+
+
+@pytest.mark.parametrize("fwd", [FwdMethod.MASQ, FwdMethod.DROUTE])
+async def test_active_and_inactive_counts_follow_the_connections(fwd: FwdMethod) -> None:
+    (a,) = await start_servers(["a"])
+    vport = free_port()
+    svc = tcp_service(vport, [(a.port, 1)], fwd=fwd)
+    table = make_table("engine")
+    table.add_service(svc)
+    plane = DataPlane(table)
+    clients = Clients()
+    try:
+        plane.apply([svc])
+        conns = [await clients.greet(vport) for _ in range(3)]
+        for _, reader, writer in conns:
+            writer.write(b"NAME\n")
+            assert await reader.readline() == b"a\n"
+        assert table.active(svc.key, a.port) == (3, 0)
+        assert _states(table) == ["ESTABLISHED"] * 3
+
+        def svc_stats() -> Stats:
+            return next(s for s in table.engine.services() if s.service.key == svc.key).stats
+
+        # Coalesced data of quiet connections reaches the table within interval + tick.
+        await _until(lambda: svc_stats().inbytes == 3 * len(b"NAME\n"), limit=3)
+        # The client half-closes and the server answers with its own FIN (it closes on EOF).
+        # NAT sees INPUT fin (-> CLOSE_WAIT) then OUTPUT fin (-> TIME_WAIT); DR/TUN are fed
+        # input only: IN_ONLY fin -> FIN_WAIT, and there it stays (spec §3.3).
+        _, _, writer = conns[0]
+        writer.write_eof()
+        expected = "TIME_WAIT" if fwd is FwdMethod.MASQ else "FIN_WAIT"
+        await _until(lambda: _states(table).count(expected) == 1)
+        assert table.active(svc.key, a.port) == (2, 1)
+        # Closing everything leaves the entries inactive until their timers end them.
+        await clients.aclose()
+        await _until(lambda: plane.stats().active == 0)
+        assert table.active(svc.key, a.port) == (0, 3)
+        stats = svc_stats()
+        assert stats.conns == 3
+        assert stats.inbytes == 3 * len(b"NAME\n")  # payload bytes (docs/dataplane.md)
+        # Replies of DR/TUN flows never pass a kernel director, so they are not counted.
+        assert stats.outbytes == (3 * 2 * len(b"a\n") if fwd is FwdMethod.MASQ else 0)
+    finally:
+        await clients.aclose()
+        plane.close()
+        await a.stop()
+
+
+async def test_no_destination_resets_the_client_and_is_counted() -> None:
+    (a,) = await start_servers(["a"])
+    vport = free_port()
+    svc = tcp_service(vport, [(a.port, 0)])  # the only real server is quiesced
+    table = make_table("engine")
+    table.add_service(svc)
+    plane = DataPlane(table)
+    try:
+        plane.apply([svc])
+        with capture_logs() as logs, pytest.raises(ConnectionResetError):
+            # The reset may already fail the connect call, or else the first read.
+            reader, writer = await asyncio.open_connection("127.0.0.1", vport)
+            try:
+                await reader.read(10)
+            finally:
+                writer.close()
+        assert plane.stats().outcomes["no_destination"] == 1
+        assert [e["event"] for e in logs] == ["dataplane.no_destination"]
+        assert a.accepted == 0
+    finally:
+        plane.close()
+        await a.stop()
+
+
+async def test_server_reset_mid_transfer_resets_the_client() -> None:
+    (a,) = await start_servers(["a"])
+    vport = free_port()
+    svc = tcp_service(vport, [(a.port, 1)])
+    table = make_table("engine")
+    table.add_service(svc)
+    plane = DataPlane(table)
+    clients = Clients()
+    try:
+        plane.apply([svc])
+        _, reader, writer = await clients.greet(vport)
+        writer.write(b"ECHO\n")
+        await writer.drain()
+        await _until(lambda: a.open == 1)
+        a.abort_all()  # the real server resets its connections
+        with pytest.raises(ConnectionResetError):
+            while await reader.read(1024):
+                pass
+        await _until(lambda: plane.stats().active == 0)
+        assert plane.stats().outcomes["server_reset"] == 1
+    finally:
+        await clients.aclose()
+        plane.close()
+        await a.stop()
+
+
+async def test_listener_binds_a_vip_not_yet_on_any_interface() -> None:
+    # IP_FREEBIND / IPV6_FREEBIND: no traffic is sent, the sockets only bind and listen.
+    keys = [
+        ServiceKey.for_address(IpProto.TCP, IPv4Address("192.0.2.77"), free_port()),
+        ServiceKey.for_address(IpProto.UDP, IPv4Address("192.0.2.77"), free_port()),
+        ServiceKey.for_address(IpProto.TCP, IPv6Address("2001:db8::77"), free_port()),
+    ]
+    table = make_table("memory")
+    plane = DataPlane(table)
+    try:
+        with capture_logs() as logs:
+            plane.apply([VirtualService(key=k) for k in keys])
+        assert plane.services == set(keys), logs
+        assert plane.stats().listeners == 2 and plane.stats().relays == 1
+    finally:
+        plane.close()
+
+
+async def test_busy_port_is_reported_and_retried_on_next_apply() -> None:
+    vport = free_port()
+    blocker = await asyncio.start_server(lambda r, w: None, "127.0.0.1", vport)
+    svc = tcp_service(vport, [(free_port(), 1)])
+    plane = DataPlane(make_table("memory"), DataPlaneSettings())
+    try:
+        with capture_logs() as logs:
+            plane.apply([svc])
+        assert plane.services == frozenset()
+        failed = next(e for e in logs if e["event"] == "dataplane.listen_failed")
+        assert failed["error"] == "EADDRINUSE"
+        blocker.close()
+        await blocker.wait_closed()
+        plane.apply([svc])
+        assert plane.services == {svc.key}
+    finally:
+        blocker.close()
+        plane.close()
