@@ -9,7 +9,9 @@ Two kinds of types live here:
 * tunables (`IpvsSysctl`, `IpvsTimeouts`): the names and defaults of
   /proc/sys/net/ipv4/vs/* and `ipvsadm --set`, defined once here (spec/ipvs.md §7.2, §3.2).
 * `SyncConn`: one connection or template as the sync protocol carries it (spec/ipvs.md §1.3),
-  the unit exchanged between the engine and `hactl.sync`.
+  the unit exchanged between the engine and `hactl.sync`;
+* the flag values of spec/ipvs.md §0.1 (`IP_VS_CONN_F_*`, `IP_VS_SVC_F_*`, `IP_VS_DEST_F_*`,
+  `IP_VS_CTPL_S_*`), under their kernel names.
 
 Pure data: imports nothing from hactl but `errors`.
 """
@@ -127,12 +129,17 @@ class Destination:
         return (self.addr, self.port)
 
 
+# VirtualService.netmask left out: per client address, whatever the family.
+_HOST_NETMASK = -1
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class VirtualService:
     """A virtual service and its destinations, as desired.
 
     `persistence_timeout` None means not persistent. `netmask` is the persistence granularity
-    as a prefix length (32 / 128 = per client address). `sched_flags` carries
+    as a prefix length (32 / 128 = per client address); left out, it is per client address
+    for the key's family (32 for IPv4, 128 for IPv6). `sched_flags` carries
     IP_VS_SVC_F_SCHED1/2/3 (sh-fallback, sh-port / mh-fallback, mh-port).
     Destinations are kept in the order they were added; backends insert at the list head,
     as the kernel does.
@@ -142,10 +149,17 @@ class VirtualService:
     scheduler: str = "wlc"
     sched_flags: int = 0
     persistence_timeout: float | None = None
-    netmask: int = 32
+    netmask: int = _HOST_NETMASK
     pe_name: str = ""
     one_packet: bool = False
     destinations: tuple[Destination, ...] = ()
+
+    def __post_init__(self) -> None:
+        # The default depends on the family, so it is resolved here rather than made an
+        # `int | None` field: readers (backends, views, plan diffs) always see a prefix
+        # length, and a default IPv6 service equals one read back from the kernel (/128).
+        if self.netmask == _HOST_NETMASK:
+            object.__setattr__(self, "netmask", 128 if self.key.family == AF_INET6 else 32)
 
     def destination(self, addr: IPAddress, port: int) -> Destination | None:
         for dest in self.destinations:
@@ -310,3 +324,78 @@ class IpvsSysctl:
     def names(cls) -> tuple[str, ...]:
         """Every tunable's name, as written in configuration (sync_period excluded)."""
         return tuple(f.name for f in fields(cls) if f.name != "sync_period")
+
+
+# --------------------------------------------------------------------------------------------
+# Flag values (spec §0.1), shared by the engine, the kernel backend, the views and sync.
+
+# Connection flags (cp->flags).
+IP_VS_CONN_F_FWD_MASK = 0x0007
+IP_VS_CONN_F_MASQ = 0x0000
+IP_VS_CONN_F_LOCALNODE = 0x0001
+IP_VS_CONN_F_TUNNEL = 0x0002
+IP_VS_CONN_F_DROUTE = 0x0003
+IP_VS_CONN_F_BYPASS = 0x0004
+IP_VS_CONN_F_SYNC = 0x0020
+IP_VS_CONN_F_HASHED = 0x0040
+IP_VS_CONN_F_NOOUTPUT = 0x0080
+IP_VS_CONN_F_INACTIVE = 0x0100
+IP_VS_CONN_F_OUT_SEQ = 0x0200
+IP_VS_CONN_F_IN_SEQ = 0x0400
+IP_VS_CONN_F_SEQ_MASK = 0x0600
+IP_VS_CONN_F_NO_CPORT = 0x0800
+IP_VS_CONN_F_TEMPLATE = 0x1000
+IP_VS_CONN_F_ONE_PACKET = 0x2000
+IP_VS_CONN_F_NFCT = 0x10000
+IP_VS_CONN_F_BACKUP_MASK = 0x1F87
+IP_VS_CONN_F_BACKUP_UPD_MASK = 0x0700
+IP_VS_CONN_F_DEST_MASK = IP_VS_CONN_F_FWD_MASK | IP_VS_CONN_F_ONE_PACKET | IP_VS_CONN_F_NFCT
+
+# Service flags (svc->flags).
+IP_VS_SVC_F_PERSISTENT = 0x0001
+IP_VS_SVC_F_HASHED = 0x0002
+IP_VS_SVC_F_ONEPACKET = 0x0004
+IP_VS_SVC_F_SCHED1 = 0x0008
+IP_VS_SVC_F_SCHED2 = 0x0010
+IP_VS_SVC_F_SCHED3 = 0x0020
+
+# Destination flags (dest->flags).
+IP_VS_DEST_F_AVAILABLE = 0x0001
+IP_VS_DEST_F_OVERLOAD = 0x0002
+
+# Persistence template states (IP_VS_CTPL_S_*).
+IP_VS_CTPL_S_NONE = 0
+IP_VS_CTPL_S_ASSURED = 1
+
+__all__ += [
+    "IP_VS_CONN_F_BACKUP_MASK",
+    "IP_VS_CONN_F_BACKUP_UPD_MASK",
+    "IP_VS_CONN_F_BYPASS",
+    "IP_VS_CONN_F_DEST_MASK",
+    "IP_VS_CONN_F_DROUTE",
+    "IP_VS_CONN_F_FWD_MASK",
+    "IP_VS_CONN_F_HASHED",
+    "IP_VS_CONN_F_INACTIVE",
+    "IP_VS_CONN_F_IN_SEQ",
+    "IP_VS_CONN_F_LOCALNODE",
+    "IP_VS_CONN_F_MASQ",
+    "IP_VS_CONN_F_NFCT",
+    "IP_VS_CONN_F_NOOUTPUT",
+    "IP_VS_CONN_F_NO_CPORT",
+    "IP_VS_CONN_F_ONE_PACKET",
+    "IP_VS_CONN_F_OUT_SEQ",
+    "IP_VS_CONN_F_SEQ_MASK",
+    "IP_VS_CONN_F_SYNC",
+    "IP_VS_CONN_F_TEMPLATE",
+    "IP_VS_CONN_F_TUNNEL",
+    "IP_VS_CTPL_S_ASSURED",
+    "IP_VS_CTPL_S_NONE",
+    "IP_VS_DEST_F_AVAILABLE",
+    "IP_VS_DEST_F_OVERLOAD",
+    "IP_VS_SVC_F_HASHED",
+    "IP_VS_SVC_F_ONEPACKET",
+    "IP_VS_SVC_F_PERSISTENT",
+    "IP_VS_SVC_F_SCHED1",
+    "IP_VS_SVC_F_SCHED2",
+    "IP_VS_SVC_F_SCHED3",
+]
