@@ -13,7 +13,7 @@ say() { printf '[setup] %s\n' "$*" >&2; }
 # Debian packages: iproute2 always; for the test suite also the reference peers and tools.
 debs=(iproute2 python3-venv)
 if [ "$profile" = test ]; then
-    debs+=(keepalived tshark nftables procps)
+    debs+=(keepalived tshark nftables procps chromium)
 fi
 install_debs setup "${debs[@]}" || say "tests that need the missing packages will skip"
 if [ "$profile" = test ]; then
