@@ -87,7 +87,8 @@ class _Values(dict[str, Any]):
     __slots__ = ("bad", "pos")
 
     def __init__(self) -> None:
-        super().__init__()
+        # dict's own __init__ has nothing to do for an empty dict: not called (one is made
+        # per block of the configuration).
         self.bad: set[str] = set()
         self.pos: dict[str, SourcePos] = {}  # model field -> where its keyword was written
 
@@ -1161,41 +1162,39 @@ def _collect(
     This loop runs once per statement of the configuration: it is kept to dict lookups and
     attribute reads (the 10,000-service benchmark spends most of the build here).
     """
-    kept_raw = _kept_raw(block, cls)
+    table = _dispatch(block, cls)
     values = _Values()
     positions = values.pos
     lists: list[str] = []
     unimplemented: list[m.RawStmt] = []
-    rows = block.keywords
     for st in stmts:
         keyword = st.keyword
-        row = rows.get(keyword.text)
-        if row is None:
+        entry = table.get(keyword.text)
+        if entry is None:
             _unknown(ctx, st, block, _where(where))
             continue
-        if row.takes_block is (st.block is None):
+        row, convert, attr, many, kept, takes_block, list_block = entry
+        if takes_block is (st.block is None):
             _block_mismatch(ctx, st, row)
             continue
         if row.notice:
             _notice(ctx, st, row)
-        spec = row.spec
         try:
-            value = _CONVERTERS[type(spec)](ctx, row, st)
+            value = convert(ctx, row, st)
         except _Bad as exc:
             ctx.bad(exc)
-            values.bad.add(row.attr)
+            values.bad.add(attr)
             continue
-        if keyword.text in kept_raw:
+        if kept:
             unimplemented.append(value if type(value) is m.RawStmt else _raw(st))
             continue
-        attr = row.attr
-        if row.many:
+        if many:
             bucket = values.get(attr)
             if bucket is None:
                 bucket = values[attr] = []
                 lists.append(attr)
                 positions[attr] = keyword.pos
-            if type(value) is tuple and row.takes_block and type(spec) is kw.Custom:
+            if list_block and type(value) is tuple:
                 bucket.extend(value)  # a list block: its lines add to the field
             else:
                 bucket.append(value)
@@ -1235,6 +1234,36 @@ def _kept_raw(block: Block, cls: type) -> frozenset[str]:
         )
         _KEPT_RAW[key] = found
     return found
+
+
+# What `_collect` needs of a keyword's row, resolved once per (block, model class) rather
+# than read attribute by attribute for each of a large file's statements: (row, converter,
+# model field, many, kept as RawStmt, takes a block, a list block whose tuples extend).
+_Entry = tuple[Kw, Callable[[_Ctx, Kw, Stmt], Any], str, bool, bool, bool, bool]
+_DISPATCH: dict[tuple[int, type], tuple[Block, dict[str, _Entry]]] = {}
+
+
+def _dispatch(block: Block, cls: type) -> dict[str, _Entry]:
+    """`block`'s keywords -> their `_Entry` for building `cls`."""
+    key = (id(block), cls)
+    found = _DISPATCH.get(key)
+    if found is not None and found[0] is block:
+        return found[1]
+    kept_raw = _kept_raw(block, cls)
+    table: dict[str, _Entry] = {}
+    for name, row in block.keywords.items():
+        spec = row.spec
+        table[name] = (
+            row,
+            _CONVERTERS[type(spec)],
+            row.attr,
+            row.many,
+            name in kept_raw,
+            row.takes_block,
+            row.takes_block and type(spec) is kw.Custom,
+        )
+    _DISPATCH[key] = (block, table)
+    return table
 
 
 def _where(where: str | Stmt) -> str:

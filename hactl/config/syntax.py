@@ -28,6 +28,7 @@ from __future__ import annotations
 import gc
 import re
 import socket
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -327,6 +328,50 @@ def _scan(chunks: list[Line | PlainRun], diagnostics: list[Diagnostic]) -> list[
                 append(("CLOSE", new_tuple(SourcePos, (path, line, base, line, base + 1))))
                 last_is_stmt = False
                 continue
+            # Nearly every other line is one statement, ending or not in the '{' of its block:
+            # read without the per-word brace tests of the general loop below.
+            opens = body[-1] == "{"
+            core = body[:-1] if opens else body
+            if "{" not in core and "}" not in core:
+                found = split(core)
+                if found:
+                    text = found[0]
+                    if text in _INCLUDE_WORDS:
+                        return None  # an error for `_match`
+                    offset = core.find(text)
+                    at = offset + len(text)
+                    start = base + offset
+                    end = base + at
+                    head = new(Word)
+                    set_text(head, text)
+                    set_word_pos(head, new_tuple(SourcePos, (path, line, start, line, end)))
+                    set_quoted(head, False)
+                    rest: list[Word] = []
+                    for text in found[1:]:
+                        offset = core.find(text, at)
+                        at = offset + len(text)
+                        col = base + offset
+                        end = base + at
+                        word = new(Word)
+                        set_text(word, text)
+                        set_word_pos(word, new_tuple(SourcePos, (path, line, col, line, end)))
+                        set_quoted(word, False)
+                        rest.append(word)
+                    if opens:
+                        if depth >= MAX_DEPTH:
+                            return None
+                        append(("OPEN", (head, *rest)))
+                        depth += 1
+                        last_is_stmt = False
+                    else:
+                        stmt = new(Stmt)
+                        set_keyword(stmt, head)
+                        set_args(stmt, tuple(rest))
+                        set_block(stmt, None)
+                        set_stmt_pos(stmt, new_tuple(SourcePos, (path, line, start, line, end)))
+                        append(("STMT", stmt))
+                        last_is_stmt = True
+                    continue
             keyword: Word | None = None  # of the statement being read, with its `args`
             args: list[Word] = []
             start = end = 0  # its columns
@@ -575,60 +620,61 @@ def _block(words: tuple[Word, ...], block: tuple[Stmt, ...], close: SourcePos | 
     """The `Stmt` of OPEN ... CLOSE: through its '}' (when that is in the same file)."""
     keyword = words[0]
     kp = keyword.pos
-    last = close if close is not None and close.path == kp.path else words[-1].pos
-    if last.path != kp.path:
+    path = kp.path
+    last = close if close is not None and close.path == path else words[-1].pos
+    if last.path != path:
         last = kp
-    return _stmt(
-        keyword, words[1:], block, _pos(kp.path, kp.line, kp.column, last.end_line, last.end_column)
+    # _stmt(keyword, words[1:], block, _pos(...)), inlined: one per block of a large file.
+    stmt: Stmt = _new(Stmt)
+    _set_keyword(stmt, keyword)
+    _set_args(stmt, words[1:])
+    _set_block(stmt, block)
+    _set_stmt_pos(
+        stmt, _new_tuple(SourcePos, (path, kp.line, kp.column, last.end_line, last.end_column))
     )
+    return stmt
 
 
-# The reductions of grammar.lark, by (rule, right-hand side): each makes the rule's value
-# from the values of the symbols reduced (a STMT token's value is its Stmt, OPEN's its words,
-# CLOSE's the position of its '}').
-def _r_start(values: list[Any]) -> tuple[Stmt, ...]:
-    return tuple(values[0])
+# The reductions of grammar.lark, by (rule, right-hand side). Each works on the parser's
+# value stack in place: it takes the values of the symbols reduced off its top and leaves
+# the rule's value there (a STMT token's value is its Stmt, OPEN's its words, CLOSE's the
+# position of its '}'). Most reductions of a large file are `stmts STMT`, which so becomes
+# a pop and an append, without a slice of the stack per statement.
+def _r_start(stack: list[Any]) -> None:
+    stack[-1] = tuple(stack[-1])
 
 
-def _r_empty(values: list[Any]) -> tuple[Stmt, ...]:
-    return ()
+def _r_empty(stack: list[Any]) -> None:
+    stack.append(())
 
 
-def _r_first_leaf(values: list[Any]) -> list[Stmt]:
-    return [values[0]]
+def _r_first(stack: list[Any]) -> None:
+    stack[-1] = [stack[-1]]
 
 
-def _r_first_block(values: list[Any]) -> list[Stmt]:
-    return [values[0]]
+def _r_more(stack: list[Any]) -> None:
+    value = stack.pop()
+    stack[-1].append(value)
 
 
-def _r_more_leaf(values: list[Any]) -> list[Stmt]:
-    found: list[Stmt] = values[0]
-    found.append(values[1])
-    return found
+def _r_block(stack: list[Any]) -> None:
+    close = stack.pop()
+    block = stack.pop()
+    stack[-1] = _block(stack[-1], tuple(block), close)
 
 
-def _r_more_block(values: list[Any]) -> list[Stmt]:
-    found: list[Stmt] = values[0]
-    found.append(values[1])
-    return found
+def _r_empty_block(stack: list[Any]) -> None:
+    close = stack.pop()
+    stack[-1] = _block(stack[-1], (), close)
 
 
-def _r_block(values: list[Any]) -> Stmt:
-    return _block(values[0], tuple(values[1]), values[2])
-
-
-def _r_empty_block(values: list[Any]) -> Stmt:
-    return _block(values[0], (), values[1])
-
-
-_REDUCTIONS: dict[tuple[str, tuple[str, ...]], Any] = {
+_REDUCTIONS: dict[tuple[str, tuple[str, ...]], Callable[[list[Any]], None]] = {
     ("start", ("stmts",)): _r_start,
     ("start", ()): _r_empty,
-    ("stmts", ("STMT",)): _r_first_leaf,
-    ("stmts", ("block",)): _r_first_block,
-    ("stmts", ("stmts", "STMT")): _r_more_leaf,
-    ("stmts", ("stmts", "block")): _r_more_block,
+    ("stmts", ("STMT",)): _r_first,
+    ("stmts", ("block",)): _r_first,
+    ("stmts", ("stmts", "STMT")): _r_more,
+    ("stmts", ("stmts", "block")): _r_more,
     ("block", ("OPEN", "stmts", "CLOSE")): _r_block,
     ("block", ("OPEN", "CLOSE")): _r_empty_block,
 }
@@ -640,7 +686,9 @@ _Action = tuple[bool, Any]
 
 @dataclass(frozen=True, slots=True)
 class _Tables:
-    states: dict[int, dict[str, _Action]]
+    # Indexed by state number (lark numbers its states 0..n-1): a list index is cheaper
+    # than a dict lookup, and the parse loop does one per token and one per reduction.
+    states: list[dict[str, _Action]]
     start: int
     end: int
 
@@ -669,10 +717,13 @@ def _tables() -> _Tables:
             maybe_placeholders=False,
         )
         conf = parser.parse_interactive([]).parser_state.parse_conf
-        states: dict[int, dict[str, _Action]] = {}
+        table = conf.parse_table.states
+        if sorted(table) != list(range(len(table))):  # pragma: no cover - lark's numbering
+            raise AssertionError("lark's LALR states are not numbered 0..n-1")
+        states: list[dict[str, _Action]] = [{} for _ in table]
         rules: dict[Any, tuple[int, str, Any]] = {}  # one shared entry per rule
-        for state, actions in conf.parse_table.states.items():
-            row: dict[str, _Action] = {}
+        for state, actions in table.items():
+            row = states[state]
             for symbol, (action, arg) in actions.items():
                 if action is Shift:
                     row[str(symbol)] = (True, arg)
@@ -681,7 +732,6 @@ def _tables() -> _Tables:
                     origin = str(arg.origin.name)
                     rules[arg] = rules.get(arg) or (len(names), origin, _REDUCTIONS[origin, names])
                     row[str(symbol)] = (False, rules[arg])
-            states[state] = row
         _TABLES = _Tables(states, conf.start_state, conf.end_state)
     return _TABLES
 
@@ -717,19 +767,14 @@ def _run_lalr(tokens: list[_Tok]) -> tuple[Stmt, ...]:
                 push_value(token[1])
                 break
             size, origin, reduction = arg
+            reduction(value_stack)  # leaves the rule's value on top of value_stack
             if size:
-                values = value_stack[-size:]
                 del state_stack[-size:]
-                del value_stack[-size:]
-            else:
-                values = []
-            value = reduction(values)
             goto = states[state_stack[-1]][origin][1]
             if goto == end:
-                result: tuple[Stmt, ...] = value
+                result: tuple[Stmt, ...] = value_stack[-1]
                 return result
             push_state(goto)
-            push_value(value)
     raise AssertionError("unreachable: $END always reduces to start")  # pragma: no cover
 
 

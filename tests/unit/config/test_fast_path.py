@@ -45,6 +45,12 @@ EDGE_CASES = [
     "a {\n" * 101 + "}\n" * 101,
     "a {\n" * 100 + "}\n" * 100,
     "a {\n  b {\n  }\n c\n",
+    # a line that is one statement, with or without its '{', takes a shorter way in `_scan`
+    "\fa b {\n \vc  d\t\n}\n",
+    "a b{\n c{\n}\n}\n",
+    "a{\n" * 101 + "}\n" * 101,
+    "includeb {\n}\n",
+    "a {\n include x {\n}\n}\n",
 ]
 
 SOUP = ["{", "}", " ", "\t", "\n", "a", "bc", '"q"', '"', "#", "$X", "include", "\\\n"]
