@@ -22,7 +22,6 @@ socket the data plane opened and reports every open flow CLOSED.
 from __future__ import annotations
 
 import asyncio
-import errno
 from collections.abc import Callable, Coroutine, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -39,6 +38,7 @@ from hactl.ipvs.tcpproxy import (
     ProxyContext,
     ServiceOptions,
     TcpListener,
+    errno_name,
 )
 from hactl.ipvs.udprelay import UdpRelay
 
@@ -232,7 +232,7 @@ class DataPlane:
                 self._ctx.log(
                     Outcome.LISTEN_FAILED,
                     vs=_vs_label(key),
-                    error=errno.errorcode.get(exc.errno or 0, str(exc)),
+                    error=errno_name(exc),
                 )
         self.reap()
 

@@ -603,18 +603,8 @@ class IpvsEngine:
                     dest.activeconns += 1
                 else:
                     dest.inactconns += 1
-                if dest.flags & IP_VS_DEST_F_AVAILABLE:
-                    # ip_vs_conn_stats, then ip_vs_in_stats for this first packet.
-                    tot = self._total
-                    dest.conns += 1
-                    dest.inpkts += 1
-                    dest.inbytes += length
-                    svc.conns += 1
-                    svc.inpkts += 1
-                    svc.inbytes += length
-                    tot.conns += 1
-                    tot.inpkts += 1
-                    tot.inbytes += length
+                # ip_vs_conn_stats, then ip_vs_in_stats for this first packet.
+                self._count_first_packet(dest, svc, length)
                 cp.state = state
                 cp.timeout = timeout
                 cp.in_pkts = 1
@@ -670,6 +660,32 @@ class IpvsEngine:
             )
         return self._after_input(cp, now)
 
+    def _count_conn(self, dest: Dest, svc: Service) -> None:
+        """`ip_vs_conn_stats`: a new connection, counted only while the dest is available."""
+        if dest.flags & IP_VS_DEST_F_AVAILABLE:
+            dest.conns += 1
+            svc.conns += 1
+            self._total.conns += 1
+
+    def _count_first_packet(self, dest: Dest, svc: Service, length: int) -> None:
+        """`ip_vs_conn_stats`, then `ip_vs_in_stats` for the packet that made the connection.
+
+        Per-packet input and output counting stays inline in `receive_packet` and
+        `_receive_reply`: it is the hottest path of the engine, and the two touch different
+        counters.
+        """
+        if dest.flags & IP_VS_DEST_F_AVAILABLE:
+            tot = self._total
+            dest.conns += 1
+            dest.inpkts += 1
+            dest.inbytes += length
+            svc.conns += 1
+            svc.inpkts += 1
+            svc.inbytes += length
+            tot.conns += 1
+            tot.inpkts += 1
+            tot.inbytes += length
+
     def _bind_new(
         self, svc: Service, pp: _Proto, dest: Dest, pkt: PacketInfo, key: ConnKey, now: float
     ) -> Verdict:
@@ -683,18 +699,7 @@ class IpvsEngine:
             cp = Conn(key, pp, dest, dest.port or key[3], dest.conn_flags)
             dest.inactconns += 1
         pp.conns[key] = cp
-        if dest.flags & IP_VS_DEST_F_AVAILABLE:
-            length = pkt.length
-            tot = self._total
-            dest.conns += 1
-            dest.inpkts += 1
-            dest.inbytes += length
-            svc.conns += 1
-            svc.inpkts += 1
-            svc.inbytes += length
-            tot.conns += 1
-            tot.inpkts += 1
-            tot.inbytes += length
+        self._count_first_packet(dest, svc, pkt.length)
         pp.transition(cp, _DIR_INPUT, pkt)
         flags = cp.flags
         if flags & _SLOW_PATH_FLAGS:
@@ -928,11 +933,7 @@ class IpvsEngine:
             cp = Conn(key, pp, dest, dest.port or key[3], dest.conn_flags)
             dest.inactconns += 1
             pp.conns[key] = cp
-        # ip_vs_conn_stats
-        if dest.flags & IP_VS_DEST_F_AVAILABLE:
-            dest.conns += 1
-            svc.conns += 1
-            self._total.conns += 1
+        self._count_conn(dest, svc)
         return cp
 
     def _service_fallback(self, vkey: tuple[int, ...]) -> Service | None:
@@ -1016,10 +1017,7 @@ class IpvsEngine:
         ct.n_control += 1
         # Releasing the template restarts its timer with the full timeout (§4.2 step 5).
         self._wheel.arm(ct, now + ct.timeout)
-        if dest.flags & IP_VS_DEST_F_AVAILABLE:
-            dest.conns += 1
-            svc.conns += 1
-            self._total.conns += 1
+        self._count_conn(dest, svc)
         return cp
 
     def _check_template(self, ct: Template) -> bool:

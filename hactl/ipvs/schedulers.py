@@ -261,22 +261,31 @@ class WeightedLeastConnection(Scheduler[D]):
     __slots__ = ()
 
     def schedule(self, dests: Sequence[D], pkt: SchedPacketLike, *, now: float) -> D | None:
-        least: D | None = None
-        loh = lw = 0
-        for d in dests:
-            if d.overloaded:
-                continue
-            w = d.weight
-            if least is None:
-                if w > 0:
-                    least, loh, lw = d, (d.activeconns << 8) + d.inactconns, w
-                continue
-            # Later weight-0 destinations are not skipped by the kernel but never win:
-            # loh * 0 > doh * lw is false.
-            doh = (d.activeconns << 8) + d.inactconns
-            if loh * w > doh * lw:
-                least, loh, lw = d, doh, w
-        return least
+        return _least_weighted_overhead(dests)
+
+
+def _least_weighted_overhead(dests: Sequence[D]) -> D | None:
+    """ip_vs_wlc_schedule's walk, which lblc and lblcr also run over the whole service.
+
+    sed keeps its own copy of the walk: its overhead is a different expression, and this loop
+    is hot enough that the overhead stays inline rather than becoming a call per destination.
+    """
+    least: D | None = None
+    loh = lw = 0
+    for d in dests:
+        if d.overloaded:
+            continue
+        w = d.weight
+        if least is None:
+            if w > 0:
+                least, loh, lw = d, (d.activeconns << 8) + d.inactconns, w
+            continue
+        # Later weight-0 destinations are not skipped by the kernel but never win:
+        # loh * 0 > doh * lw is false.
+        doh = (d.activeconns << 8) + d.inactconns
+        if loh * w > doh * lw:
+            least, loh, lw = d, doh, w
+    return least
 
 
 # --------------------------------------------------------------------------------------------
@@ -868,24 +877,6 @@ class _LocalityBased(Scheduler[D]):
         return a is b or (a.addr == b.addr and a.port == b.port)
 
     @staticmethod
-    def _wlc(dests: Sequence[D]) -> D | None:
-        # __ip_vs_lblc_schedule / __ip_vs_lblcr_schedule: wlc over the whole service.
-        least: D | None = None
-        loh = lw = 0
-        for d in dests:
-            if d.overloaded:
-                continue
-            w = d.weight
-            if least is None:
-                if w > 0:
-                    least, loh, lw = d, (d.activeconns << 8) + d.inactconns, w
-                continue
-            doh = (d.activeconns << 8) + d.inactconns
-            if loh * w > doh * lw:
-                least, loh, lw = d, doh, w
-        return least
-
-    @staticmethod
     def _is_overloaded(dest: SchedDest, dests: Sequence[D]) -> bool:
         # Not the OVERLOAD flag: more active connections than weight while some destination
         # of the service runs below half of its weight.
@@ -956,7 +947,7 @@ class LocalityBasedLeastConnection(_LocalityBased[D]):
             # The OVERLOAD flag is not consulted for a cached destination (ip_vs_lblc.c).
             if available and dest.weight > 0 and not self._is_overloaded(dest, dests):
                 return dest
-        chosen = self._wlc(dests)
+        chosen = _least_weighted_overhead(dests)
         if chosen is None:
             return None
         if entry is not None:
@@ -1022,7 +1013,7 @@ class LocalityBasedLeastConnectionReplication(_LocalityBased[D]):
     def schedule(self, dests: Sequence[D], pkt: SchedPacketLike, *, now: float) -> D | None:
         entry = self._get(pkt.daddr)
         if entry is None:
-            chosen = self._wlc(dests)
+            chosen = _least_weighted_overhead(dests)
             if chosen is not None:
                 self._add(_LblcEntry(pkt.daddr, chosen, now))
             return chosen
@@ -1037,7 +1028,7 @@ class LocalityBasedLeastConnectionReplication(_LocalityBased[D]):
                 entry.lastmod = now
         if dest is not None and not self._is_overloaded(dest, dests):
             return dest
-        chosen = self._wlc(dests)
+        chosen = _least_weighted_overhead(dests)
         if chosen is None:
             return None
         self._insert(entry, chosen, now)

@@ -256,6 +256,11 @@ def parse_addr(text: str) -> IPAddress:
     return ipaddress.ip_address(text.partition("%")[0])
 
 
+def errno_name(exc: OSError) -> str:
+    """The errno symbol of a socket error for the outcome log ("ECONNREFUSED"), else its text."""
+    return errno.errorcode.get(exc.errno or 0, str(exc))
+
+
 def _sockaddr(addr: tuple[IPAddress, int]) -> tuple[str, int]:
     return (str(addr[0]), addr[1])
 
@@ -948,7 +953,7 @@ class TcpListener:
                 ctx.log(
                     Outcome.ACCEPT_FAILED,
                     vs=f"{self.vip[0]}:{self.vip[1]}",
-                    error=errno.errorcode.get(exc.errno or 0, str(exc)),
+                    error=errno_name(exc),
                 )
                 ctx.loop.remove_reader(self.fd)
                 self._paused = ctx.loop.call_later(ACCEPT_PAUSE, self._resume)
@@ -984,7 +989,7 @@ class TcpListener:
                 ctx.log(
                     Outcome.CONNECT_FAILED,
                     vs=f"{self.vip[0]}:{self.vip[1]}",
-                    error=errno.errorcode.get(exc.errno or 0, str(exc)),
+                    error=errno_name(exc),
                 )
                 continue
             connections[flow] = conn

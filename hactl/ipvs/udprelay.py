@@ -17,7 +17,6 @@ datagram, counted, as a router would); each relay entry appears in
 
 from __future__ import annotations
 
-import errno
 import socket
 from typing import Final
 
@@ -27,6 +26,7 @@ from hactl.ipvs.tcpproxy import (
     Outcome,
     ProxyContext,
     ServiceOptions,
+    errno_name,
     listening_socket,
     parse_addr,
 )
@@ -85,7 +85,7 @@ class _UdpFlow:
                 Outcome.UDP_SEND_FAILED,
                 self,
                 direction="up",
-                error=errno.errorcode.get(exc.errno or 0, str(exc)),
+                error=errno_name(exc),
             )
             return
         ctx.counters.udp_datagrams_up += 1
@@ -112,7 +112,7 @@ class _UdpFlow:
                 ctx.log(
                     Outcome.UDP_RECV_FAILED,
                     self,
-                    error=errno.errorcode.get(exc.errno or 0, str(exc)),
+                    error=errno_name(exc),
                 )
                 return
             try:
@@ -122,7 +122,7 @@ class _UdpFlow:
                     Outcome.UDP_SEND_FAILED,
                     self,
                     direction="down",
-                    error=errno.errorcode.get(exc.errno or 0, str(exc)),
+                    error=errno_name(exc),
                 )
                 continue
             ctx.counters.udp_datagrams_down += 1
@@ -220,7 +220,7 @@ class UdpRelay:
                 ctx.log(
                     Outcome.UDP_RECV_FAILED,
                     vs=f"{self.vip[0]}:{self.vip[1]}",
-                    error=errno.errorcode.get(exc.errno or 0, str(exc)),
+                    error=errno_name(exc),
                 )
                 return
             client_addr = (addr[0], addr[1])
@@ -250,9 +250,7 @@ class UdpRelay:
             entry = _UdpFlow(self, flow, client_addr)
         except OSError as exc:
             ctx.table.flow_event(flow, FlowEvent.CLOSED, now=now)
-            ctx.log(
-                Outcome.UDP_SEND_FAILED, vs=vs, error=errno.errorcode.get(exc.errno or 0, str(exc))
-            )
+            ctx.log(Outcome.UDP_SEND_FAILED, vs=vs, error=errno_name(exc))
             return None
         self.flows[client_addr] = entry
         ctx.connections[flow] = entry

@@ -111,7 +111,8 @@ class NetlinkAddressPort:
                 return ip
         return None
 
-    async def link_is_up(self, interface: str) -> bool:
+    async def _get_link(self, interface: str) -> Any | None:
+        """The kernel's link message for `interface`, or None if the answer holds none."""
         index = await self.link_index(interface)
         ipr = await self._route()
         try:
@@ -119,20 +120,19 @@ class NetlinkAddressPort:
         except NetlinkError as err:
             raise KernelError("link_get", err.code, str(err)) from None
         for link in links:
-            return bool(link.get("state") == "up")
-        return False
+            return link
+        return None
+
+    async def link_is_up(self, interface: str) -> bool:
+        link = await self._get_link(interface)
+        return link is not None and bool(link.get("state") == "up")
 
     async def link_mac(self, interface: str) -> bytes:
-        index = await self.link_index(interface)
-        ipr = await self._route()
-        try:
-            links = await ipr.link("get", index=index)
-        except NetlinkError as err:
-            raise KernelError("link_get", err.code, str(err)) from None
-        for link in links:
-            mac = link.get("address") or "00:00:00:00:00:00"
-            return bytes.fromhex(str(mac).replace(":", ""))
-        raise LinkNotFound("link_get", errno.ENODEV, interface)
+        link = await self._get_link(interface)
+        if link is None:
+            raise LinkNotFound("link_get", errno.ENODEV, interface)
+        mac = link.get("address") or "00:00:00:00:00:00"
+        return bytes.fromhex(str(mac).replace(":", ""))
 
     async def _route_args(self, route: Route) -> dict[str, Any]:
         args: dict[str, Any] = {"dst": str(route.destination)}

@@ -28,8 +28,9 @@ import hashlib
 import hmac
 import ipaddress
 import struct
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, fields
+from typing import TypeVar
 
 from hactl.errors import SyncDecodeError
 from hactl.ipvs.model import AF_INET, AF_INET6, IPAddress, SyncConn
@@ -348,28 +349,32 @@ def verify(datagram: bytes, key: bytes) -> bytes:
 # ---------------------------------------------------------------------------------------------
 # decoding
 
-# Decoded addresses repeat a lot (VIPs, real servers, busy clients): cache the objects.
-_V4_CACHE: dict[int, ipaddress.IPv4Address] = {}
-_V6_CACHE: dict[bytes, ipaddress.IPv6Address] = {}
+_K = TypeVar("_K", bound=int | bytes)
+_A = TypeVar("_A", bound=IPAddress)
 _CACHE_MAX = 65536
 
 
-def _v4(value: int) -> ipaddress.IPv4Address:
-    addr = _V4_CACHE.get(value)
-    if addr is None:
-        if len(_V4_CACHE) >= _CACHE_MAX:
-            _V4_CACHE.clear()
-        addr = _V4_CACHE[value] = ipaddress.IPv4Address(value)
-    return addr
+class _AddressCache(dict[_K, _A]):
+    """Address objects by packed value, made on first use; emptied when it reaches
+    `_CACHE_MAX` entries. A hit is a plain dict lookup."""
+
+    def __init__(self, make: Callable[[_K], _A]) -> None:
+        super().__init__()
+        self._make: Callable[[_K], _A] = make
+
+    def __missing__(self, value: _K) -> _A:
+        if len(self) >= _CACHE_MAX:
+            self.clear()
+        addr: _A = self._make(value)
+        self[value] = addr
+        return addr
 
 
-def _v6(value: bytes) -> ipaddress.IPv6Address:
-    addr = _V6_CACHE.get(value)
-    if addr is None:
-        if len(_V6_CACHE) >= _CACHE_MAX:
-            _V6_CACHE.clear()
-        addr = _V6_CACHE[value] = ipaddress.IPv6Address(value)
-    return addr
+# Decoded addresses repeat a lot (VIPs, real servers, busy clients): cache the objects.
+_V4_CACHE: _AddressCache[int, ipaddress.IPv4Address] = _AddressCache(ipaddress.IPv4Address)
+_V6_CACHE: _AddressCache[bytes, ipaddress.IPv6Address] = _AddressCache(ipaddress.IPv6Address)
+_v4 = _V4_CACHE.__getitem__
+_v6 = _V6_CACHE.__getitem__
 
 
 # Building a SyncConn through its frozen-dataclass __init__ costs one object.__setattr__ per
@@ -437,6 +442,14 @@ def _check_entry(protocol: int, flags: int, state: int) -> SyncDropReason | None
     return None
 
 
+# A v1 entry's fixed part by family: its size, its layout and the maker of its addresses.
+_AddressMaker = Callable[[int], ipaddress.IPv4Address] | Callable[[bytes], ipaddress.IPv6Address]
+_ENTRY_FORMS: dict[int, tuple[int, struct.Struct, _AddressMaker]] = {
+    AF_INET: (V4_ENTRY_LEN, _ENT_V4, _v4),
+    AF_INET6: (V6_ENTRY_LEN, _ENT_V6, _v6),
+}
+
+
 def _decode_v1_entry(
     data: bytes, start: int, end: int, pe_names: frozenset[str], accept: bool
 ) -> SyncConn | SyncDropReason:
@@ -446,31 +459,24 @@ def _decode_v1_entry(
     """
     etype = data[start]
     family: int
-    addr: IPAddress
     if etype == 0:
-        p = start + V4_ENTRY_LEN
-        if p > end:
-            raise _Fatal(SyncDropReason.ENTRY_TOO_SMALL)
-        (_, proto, _, flags, state, cport, vport, dport, fwmark, timeout, ca, va, da) = (
-            _ENT_V4.unpack_from(data, start)
-        )
         family = AF_INET
-        caddr: IPAddress = _v4(ca)
-        vaddr: IPAddress = _v4(va)
-        addr = _v4(da)
     elif etype & _STYPE_F_INET6:
         # The kernel tests the IPv6 bit first: an odd type is IPv6 whatever its other bits;
         # only an even non-zero type is fatal.
-        p = start + V6_ENTRY_LEN
-        if p > end:
-            raise _Fatal(SyncDropReason.ENTRY_TOO_SMALL)
-        (_, proto, _, flags, state, cport, vport, dport, fwmark, timeout, c6, v6, d6) = (
-            _ENT_V6.unpack_from(data, start)
-        )
         family = AF_INET6
-        caddr, vaddr, addr = _v6(c6), _v6(v6), _v6(d6)
     else:
         raise _Fatal(SyncDropReason.BAD_TYPE)
+    size, layout, address = _ENTRY_FORMS[family]
+    p = start + size
+    if p > end:
+        raise _Fatal(SyncDropReason.ENTRY_TOO_SMALL)
+    (_, proto, _, flags, state, cport, vport, dport, fwmark, timeout, ca, va, da) = (
+        layout.unpack_from(data, start)
+    )
+    caddr: IPAddress = address(ca)
+    vaddr: IPAddress = address(va)
+    addr: IPAddress = address(da)
 
     seq: tuple[int, int, int, int, int, int] | None = None
     pe_data: bytes | None = None

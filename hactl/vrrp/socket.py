@@ -169,9 +169,57 @@ class _RawIpv4Channel:
         self._socks.clear()
 
 
-class _RawIpv6Channel:
-    ipv4_datagrams = False
+class RecvmsgChannel:
+    """A channel over one non-blocking datagram socket, read with recvmsg by the loop's reader.
 
+    Subclasses set the socket options in `_configure` (the socket is closed if that fails)
+    and build each `Inbound` from the datagram, its control messages and its source in
+    `_inbound`.
+    """
+
+    ipv4_datagrams = False
+    _cmsg_space = _CMSG_SPACE
+
+    def __init__(self, sock: socket.socket, on_receive: OnReceive) -> None:
+        self._sock = sock
+        self._on_receive = on_receive
+        try:
+            self._loop = asyncio.get_running_loop()
+            sock.setblocking(False)
+            self._configure(sock)
+            self._loop.add_reader(sock.fileno(), self._readable)
+        except BaseException:
+            sock.close()
+            raise
+
+    def _configure(self, sock: socket.socket) -> None:
+        raise NotImplementedError
+
+    def _inbound(
+        self, data: bytes, ancdata: list[tuple[int, int, bytes]], src: IPAddress
+    ) -> Inbound:
+        raise NotImplementedError
+
+    def _readable(self) -> None:
+        while True:
+            try:
+                data, ancdata, _flags, addr = self._sock.recvmsg(_RECV_SIZE, self._cmsg_space)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                # e.g. ENETDOWN while the link flaps, or ECONNREFUSED from an earlier UDP
+                # send to a stopped peer: nothing to deliver
+                return
+            src = ip_address(str(addr[0]).split("%", 1)[0])
+            self._on_receive(self._inbound(data, ancdata, src))
+
+    def close(self) -> None:
+        if self._sock.fileno() >= 0:
+            self._loop.remove_reader(self._sock.fileno())
+            self._sock.close()
+
+
+class _RawIpv6Channel(RecvmsgChannel):
     def __init__(
         self,
         interface: str,
@@ -180,54 +228,41 @@ class _RawIpv6Channel:
         multicast: bool,
         on_receive: OnReceive,
     ) -> None:
-        self._loop = asyncio.get_running_loop()
-        self._on_receive = on_receive
+        self._interface = interface
         self._ifindex = ifindex
         self._source = source
-        sock = socket.socket(socket.AF_INET6, socket.SOCK_RAW, IPPROTO_VRRP)
-        self._sock = sock
-        try:
-            sock.setblocking(False)
-            _bind_device(sock, interface)
-            v6 = socket.IPPROTO_IPV6
-            sock.setsockopt(v6, socket.IPV6_CHECKSUM, 6)
-            sock.setsockopt(v6, socket.IPV6_MULTICAST_HOPS, 255)
-            sock.setsockopt(v6, socket.IPV6_UNICAST_HOPS, 255)
-            sock.setsockopt(v6, socket.IPV6_MULTICAST_IF, ifindex)
-            sock.setsockopt(v6, socket.IPV6_MULTICAST_LOOP, 0)
-            sock.setsockopt(v6, socket.IPV6_TCLASS, 0xC0)
-            sock.setsockopt(v6, socket.IPV6_RECVHOPLIMIT, 1)
-            sock.setsockopt(v6, socket.IPV6_RECVPKTINFO, 1)
-            sock.setsockopt(v6, IPV6_MULTICAST_ALL, 0)
-            if multicast:
-                mreq = struct.pack("16sI", MCAST_GROUP6.packed, ifindex)
-                sock.setsockopt(v6, socket.IPV6_JOIN_GROUP, mreq)
-            self._loop.add_reader(sock.fileno(), self._readable)
-        except BaseException:
-            sock.close()
-            raise
+        self._multicast = multicast
+        super().__init__(socket.socket(socket.AF_INET6, socket.SOCK_RAW, IPPROTO_VRRP), on_receive)
 
-    def _readable(self) -> None:
-        while True:
-            try:
-                data, ancdata, _flags, addr = self._sock.recvmsg(_RECV_SIZE, _CMSG_SPACE)
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError:
-                return
-            hop_limit = -1
-            dst: IPAddress = MCAST_GROUP6
-            for level, kind, value in ancdata:
-                if level != socket.IPPROTO_IPV6:
-                    continue
-                if kind == socket.IPV6_HOPLIMIT and len(value) >= 4:
-                    hop_limit = struct.unpack("i", value[:4])[0]
-                elif kind == socket.IPV6_PKTINFO and len(value) >= 16:
-                    dst = IPv6Address(value[:16])
-            src = ip_address(str(addr[0]).split("%", 1)[0])
-            self._on_receive(
-                Inbound(data=data, src=src, dst=dst, ttl=hop_limit, ipv4_datagram=False)
-            )
+    def _configure(self, sock: socket.socket) -> None:
+        _bind_device(sock, self._interface)
+        v6 = socket.IPPROTO_IPV6
+        sock.setsockopt(v6, socket.IPV6_CHECKSUM, 6)
+        sock.setsockopt(v6, socket.IPV6_MULTICAST_HOPS, 255)
+        sock.setsockopt(v6, socket.IPV6_UNICAST_HOPS, 255)
+        sock.setsockopt(v6, socket.IPV6_MULTICAST_IF, self._ifindex)
+        sock.setsockopt(v6, socket.IPV6_MULTICAST_LOOP, 0)
+        sock.setsockopt(v6, socket.IPV6_TCLASS, 0xC0)
+        sock.setsockopt(v6, socket.IPV6_RECVHOPLIMIT, 1)
+        sock.setsockopt(v6, socket.IPV6_RECVPKTINFO, 1)
+        sock.setsockopt(v6, IPV6_MULTICAST_ALL, 0)
+        if self._multicast:
+            mreq = struct.pack("16sI", MCAST_GROUP6.packed, self._ifindex)
+            sock.setsockopt(v6, socket.IPV6_JOIN_GROUP, mreq)
+
+    def _inbound(
+        self, data: bytes, ancdata: list[tuple[int, int, bytes]], src: IPAddress
+    ) -> Inbound:
+        hop_limit = -1
+        dst: IPAddress = MCAST_GROUP6
+        for level, kind, value in ancdata:
+            if level != socket.IPPROTO_IPV6:
+                continue
+            if kind == socket.IPV6_HOPLIMIT and len(value) >= 4:
+                hop_limit = struct.unpack("i", value[:4])[0]
+            elif kind == socket.IPV6_PKTINFO and len(value) >= 16:
+                dst = IPv6Address(value[:16])
+        return Inbound(data=data, src=src, dst=dst, ttl=hop_limit, ipv4_datagram=False)
 
     def send(self, data: bytes, dst: IPAddress, *, ttl: int) -> None:
         pktinfo = struct.pack("16sI", self._source.packed, self._ifindex)
@@ -236,8 +271,3 @@ class _RawIpv6Channel:
             (socket.IPPROTO_IPV6, socket.IPV6_HOPLIMIT, struct.pack("i", ttl)),
         ]
         self._sock.sendmsg([data], cmsgs, 0, (str(dst), 0, 0, self._ifindex))
-
-    def close(self) -> None:
-        if self._sock.fileno() >= 0:
-            self._loop.remove_reader(self._sock.fileno())
-            self._sock.close()

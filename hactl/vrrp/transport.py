@@ -15,15 +15,14 @@ Must not import: hactl.vrrp.router, pyroute2, structlog.
 
 from __future__ import annotations
 
-import asyncio
 import errno
 import socket
 import struct
-from ipaddress import IPv4Address, ip_address
+from ipaddress import IPv4Address
 
 from hactl.errors import NotSupported
 from hactl.vrrp.model import Family, IPAddress
-from hactl.vrrp.socket import Channel, Inbound, OnReceive
+from hactl.vrrp.socket import Channel, Inbound, OnReceive, RecvmsgChannel
 
 __all__ = ["DEFAULT_UDP_PORT", "UdpChannelFactory"]
 
@@ -60,55 +59,35 @@ class UdpChannelFactory:
         return _UdpChannel(source, self.port, on_receive)
 
 
-class _UdpChannel:
-    ipv4_datagrams = False
+class _UdpChannel(RecvmsgChannel):
+    _cmsg_space = socket.CMSG_SPACE(4) * 2
 
     def __init__(self, source: IPAddress, port: int, on_receive: OnReceive) -> None:
-        self._loop = asyncio.get_running_loop()
         self._source = source
         self._port = port
-        self._on_receive = on_receive
-        v4 = isinstance(source, IPv4Address)
-        sock = socket.socket(socket.AF_INET if v4 else socket.AF_INET6, socket.SOCK_DGRAM)
-        self._sock = sock
-        try:
-            sock.setblocking(False)
-            if v4:
-                sock.setsockopt(socket.IPPROTO_IP, socket.IP_TTL, 255)
-                sock.setsockopt(socket.IPPROTO_IP, IP_RECVTTL, 1)
-            else:
-                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_UNICAST_HOPS, 255)
-                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_RECVHOPLIMIT, 1)
-            sock.bind((str(source), port))
-            self._loop.add_reader(sock.fileno(), self._readable)
-        except BaseException:
-            sock.close()
-            raise
+        family = socket.AF_INET if isinstance(source, IPv4Address) else socket.AF_INET6
+        super().__init__(socket.socket(family, socket.SOCK_DGRAM), on_receive)
 
-    def _readable(self) -> None:
-        while True:
-            try:
-                data, ancdata, _flags, addr = self._sock.recvmsg(65535, socket.CMSG_SPACE(4) * 2)
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError:
-                return  # ECONNREFUSED from an earlier send to a stopped peer
-            ttl = -1
-            for level, kind, value in ancdata:
-                if (level, kind) in (
-                    (socket.IPPROTO_IP, socket.IP_TTL),
-                    (socket.IPPROTO_IPV6, socket.IPV6_HOPLIMIT),
-                ) and len(value) >= 4:
-                    ttl = struct.unpack("i", value[:4])[0]
-            src = ip_address(str(addr[0]).split("%", 1)[0])
-            self._on_receive(
-                Inbound(data=data, src=src, dst=self._source, ttl=ttl, ipv4_datagram=False)
-            )
+    def _configure(self, sock: socket.socket) -> None:
+        if isinstance(self._source, IPv4Address):
+            sock.setsockopt(socket.IPPROTO_IP, socket.IP_TTL, 255)
+            sock.setsockopt(socket.IPPROTO_IP, IP_RECVTTL, 1)
+        else:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_UNICAST_HOPS, 255)
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_RECVHOPLIMIT, 1)
+        sock.bind((str(self._source), self._port))
+
+    def _inbound(
+        self, data: bytes, ancdata: list[tuple[int, int, bytes]], src: IPAddress
+    ) -> Inbound:
+        ttl = -1
+        for level, kind, value in ancdata:
+            if (level, kind) in (
+                (socket.IPPROTO_IP, socket.IP_TTL),
+                (socket.IPPROTO_IPV6, socket.IPV6_HOPLIMIT),
+            ) and len(value) >= 4:
+                ttl = struct.unpack("i", value[:4])[0]
+        return Inbound(data=data, src=src, dst=self._source, ttl=ttl, ipv4_datagram=False)
 
     def send(self, data: bytes, dst: IPAddress, *, ttl: int) -> None:
         self._sock.sendto(data, (str(dst), self._port))
-
-    def close(self) -> None:
-        if self._sock.fileno() >= 0:
-            self._loop.remove_reader(self._sock.fileno())
-            self._sock.close()

@@ -6,7 +6,6 @@ Loopback, against the production adapter (`EngineFlowTable`) over the real engin
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
 from ipaddress import IPv4Address, IPv6Address
 
 import pytest
@@ -16,19 +15,16 @@ from hactl.ipvs.dataplane import DataPlane, DataPlaneSettings
 from hactl.ipvs.model import FwdMethod, IpProto, ServiceKey, Stats, VirtualService
 from tests.shell.ipvs.dataplane_support import (
     Clients,
+    connect_and_read,
     free_port,
     make_table,
+    serving_plane,
     start_servers,
     tcp_service,
+    until,
 )
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.timeout(60)]
-
-
-async def _until(predicate: Callable[[], bool], limit: float = 5.0) -> None:
-    async with asyncio.timeout(limit):
-        while not predicate():  # noqa: ASYNC110 - the state is changed by loop callbacks
-            await asyncio.sleep(0.01)
 
 
 def _states(table: object) -> list[str]:
@@ -40,11 +36,8 @@ def _states(table: object) -> list[str]:
 @pytest.mark.parametrize("fwd", [FwdMethod.MASQ, FwdMethod.DROUTE])
 async def test_active_and_inactive_counts_follow_the_connections(fwd: FwdMethod) -> None:
     (a,) = await start_servers(["a"])
-    vport = free_port()
-    svc = tcp_service(vport, [(a.port, 1)], fwd=fwd)
-    table = make_table("engine")
-    table.add_service(svc)
-    plane = DataPlane(table)
+    plane, table, svc = serving_plane("engine", [(a.port, 1)], fwd=fwd)
+    vport = svc.key.port
     clients = Clients()
     try:
         plane.apply([svc])
@@ -59,18 +52,18 @@ async def test_active_and_inactive_counts_follow_the_connections(fwd: FwdMethod)
             return next(s for s in table.engine.services() if s.service.key == svc.key).stats
 
         # Coalesced data of quiet connections reaches the table within interval + tick.
-        await _until(lambda: svc_stats().inbytes == 3 * len(b"NAME\n"), limit=3)
+        await until(lambda: svc_stats().inbytes == 3 * len(b"NAME\n"), limit=3)
         # The client half-closes and the server answers with its own FIN (it closes on EOF).
         # NAT sees INPUT fin (-> CLOSE_WAIT) then OUTPUT fin (-> TIME_WAIT); DR/TUN are fed
         # input only: IN_ONLY fin -> FIN_WAIT, and there it stays (spec §3.3).
         _, _, writer = conns[0]
         writer.write_eof()
         expected = "TIME_WAIT" if fwd is FwdMethod.MASQ else "FIN_WAIT"
-        await _until(lambda: _states(table).count(expected) == 1)
+        await until(lambda: _states(table).count(expected) == 1)
         assert table.active(svc.key, a.port) == (2, 1)
         # Closing everything leaves the entries inactive until their timers end them.
         await clients.aclose()
-        await _until(lambda: plane.stats().active == 0)
+        await until(lambda: plane.stats().active == 0)
         assert table.active(svc.key, a.port) == (0, 3)
         stats = svc_stats()
         assert stats.conns == 3
@@ -85,20 +78,12 @@ async def test_active_and_inactive_counts_follow_the_connections(fwd: FwdMethod)
 
 async def test_no_destination_resets_the_client_and_is_counted() -> None:
     (a,) = await start_servers(["a"])
-    vport = free_port()
-    svc = tcp_service(vport, [(a.port, 0)])  # the only real server is quiesced
-    table = make_table("engine")
-    table.add_service(svc)
-    plane = DataPlane(table)
+    plane, _, svc = serving_plane("engine", [(a.port, 0)])  # the only real server is quiesced
+    vport = svc.key.port
     try:
         plane.apply([svc])
         with capture_logs() as logs, pytest.raises(ConnectionResetError):
-            # The reset may already fail the connect call, or else the first read.
-            reader, writer = await asyncio.open_connection("127.0.0.1", vport)
-            try:
-                await reader.read(10)
-            finally:
-                writer.close()
+            await connect_and_read(vport)
         assert plane.stats().outcomes["no_destination"] == 1
         assert [e["event"] for e in logs] == ["dataplane.no_destination"]
         assert a.accepted == 0
@@ -109,23 +94,20 @@ async def test_no_destination_resets_the_client_and_is_counted() -> None:
 
 async def test_server_reset_mid_transfer_resets_the_client() -> None:
     (a,) = await start_servers(["a"])
-    vport = free_port()
-    svc = tcp_service(vport, [(a.port, 1)])
-    table = make_table("engine")
-    table.add_service(svc)
-    plane = DataPlane(table)
+    plane, _, svc = serving_plane("engine", [(a.port, 1)])
+    vport = svc.key.port
     clients = Clients()
     try:
         plane.apply([svc])
         _, reader, writer = await clients.greet(vport)
         writer.write(b"ECHO\n")
         await writer.drain()
-        await _until(lambda: a.open == 1)
+        await until(lambda: a.open == 1)
         a.abort_all()  # the real server resets its connections
         with pytest.raises(ConnectionResetError):
             while await reader.read(1024):
                 pass
-        await _until(lambda: plane.stats().active == 0)
+        await until(lambda: plane.stats().active == 0)
         assert plane.stats().outcomes["server_reset"] == 1
     finally:
         await clients.aclose()

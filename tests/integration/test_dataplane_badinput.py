@@ -13,7 +13,6 @@ import resource
 import socket
 import struct
 import sys
-from collections.abc import Callable
 
 import pytest
 from structlog.testing import capture_logs
@@ -24,30 +23,26 @@ from tests.shell.ipvs.dataplane_support import (
     TABLE_KINDS,
     Clients,
     NamedServer,
+    connect_and_read,
     free_port,
     make_table,
+    serving_plane,
     start_servers,
     tcp_service,
+    until,
 )
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.timeout(120)]
 
 
 async def _plane(kind: str, dest_ports: list[int], **settings: float):  # type: ignore[no-untyped-def]
-    vport = free_port()
-    svc = tcp_service(vport, [(p, 1) for p in dest_ports])
-    table = make_table(kind)
-    table.add_service(svc)
-    plane = DataPlane(table, DataPlaneSettings(tick_interval=0.05, **settings))  # type: ignore[arg-type]
+    plane, _, svc = serving_plane(
+        kind,
+        [(p, 1) for p in dest_ports],
+        settings=DataPlaneSettings(tick_interval=0.05, **settings),  # type: ignore[arg-type]
+    )
     plane.apply([svc])
-    return plane, vport
-
-
-async def _until(predicate: Callable[[], bool], limit: float = 5.0) -> None:
-    """Wait (bounded) until socket callbacks have made `predicate` true."""
-    async with asyncio.timeout(limit):
-        while not predicate():  # noqa: ASYNC110 - the state is changed by loop callbacks
-            await asyncio.sleep(0.01)
+    return plane, svc.key.port
 
 
 @pytest.mark.parametrize("kind", TABLE_KINDS)
@@ -63,8 +58,8 @@ async def test_client_reset_is_propagated_and_counted(kind: str) -> None:
             sock = writer.get_extra_info("socket")
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
             writer.transport.abort()  # close() with SO_LINGER 0: an RST
-            await _until(lambda: plane.stats().active == 0)
-            await _until(lambda: a.open == 0)
+            await until(lambda: plane.stats().active == 0)
+            await until(lambda: a.open == 0)
         assert plane.stats().outcomes["client_reset"] == 1
         assert any(e["event"] == "dataplane.client_reset" for e in logs)
         assert a.errors and isinstance(a.errors[0], ConnectionResetError)  # RST propagated
@@ -78,12 +73,7 @@ async def test_refusing_server_resets_the_client(kind: str) -> None:
     plane, vport = await _plane(kind, [free_port()])  # nothing listens there
     try:
         with capture_logs() as logs, pytest.raises(ConnectionResetError):
-            # The reset may already fail the connect call, or else the first read.
-            reader, writer = await asyncio.open_connection("127.0.0.1", vport)
-            try:
-                await reader.read(10)
-            finally:
-                writer.close()
+            await connect_and_read(vport)
         assert plane.stats().outcomes["connect_failed"] == 1
         event = next(e for e in logs if e["event"] == "dataplane.connect_failed")
         assert event["error"] == "ECONNREFUSED"
@@ -102,8 +92,8 @@ async def test_server_half_close_lets_the_client_keep_sending() -> None:
         assert await reader.read() == b"bye\n"  # server FIN arrives as EOF, stream open
         writer.write(b"z" * 100_000)
         writer.write_eof()
-        await _until(lambda: a.sunk == [100_000])
-        await _until(lambda: plane.stats().active == 0)
+        await until(lambda: a.sunk == [100_000])
+        await until(lambda: plane.stats().active == 0)
         stats = plane.stats()
         assert stats.outcomes["server_half_close"] == 1
         assert stats.outcomes["client_half_close"] == 1
@@ -180,12 +170,12 @@ async def test_no_fd_leak_after_10000_connections() -> None:
 
         for _ in range(3):  # warm up pools and caches before counting
             await one()
-        await _until(lambda: plane.stats().active == 0)
+        await until(lambda: plane.stats().active == 0)
         before = _fd_count()
         async with asyncio.timeout(90):
             for _ in range(100):
                 await asyncio.gather(*(one() for _ in range(100)))
-        await _until(lambda: plane.stats().active == 0 and a.open == 0, limit=10)
+        await until(lambda: plane.stats().active == 0 and a.open == 0, limit=10)
         assert _fd_count() == before
         assert plane.stats().accepted == 10_003
         assert plane.stats().completed == 10_003
@@ -224,7 +214,7 @@ async def test_client_bytes_and_fin_sent_while_connecting_are_delivered(kind: st
             conn.close()
             assert await reader.read() == b"answer"
         writer.close()
-        await _until(lambda: plane.stats().active == 0)
+        await until(lambda: plane.stats().active == 0)
         assert plane.stats().completed == 1
     finally:
         plane.close()
@@ -253,9 +243,9 @@ async def test_close_releases_every_descriptor() -> None:
         assert plane.stats().open_pipes > 0
         plane.close()
         await clients.aclose()
-        await _until(lambda: a.open == 0)
+        await until(lambda: a.open == 0)
         # Listeners, relay, epoll set, pipes and both legs of every connection are gone.
-        await _until(lambda: _fd_count() == before)
+        await until(lambda: _fd_count() == before)
     finally:
         await clients.aclose()
         await a.stop()
@@ -287,7 +277,7 @@ async def test_descriptor_exhaustion_is_counted_and_recovers() -> None:
             script,
             preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard)),
         )
-        await _until(lambda: plane.stats().outcomes["accept_failed"] > 0)
+        await until(lambda: plane.stats().outcomes["accept_failed"] > 0)
     finally:
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
         if child is not None:
@@ -295,7 +285,7 @@ async def test_descriptor_exhaustion_is_counted_and_recovers() -> None:
     clients = Clients()
     a = await NamedServer("a", bport).start()
     try:
-        await _until(lambda: plane.stats().active == 0)
+        await until(lambda: plane.stats().active == 0)
         assert (await clients.greet(vport))[0] == "a"  # the listener is back in service
     finally:
         await clients.aclose()

@@ -11,14 +11,12 @@ import asyncio
 
 import pytest
 
-from hactl.ipvs.dataplane import DataPlane, DataPlaneSettings
+from hactl.ipvs.dataplane import DataPlaneSettings
 from tests.shell.ipvs.dataplane_support import (
     TABLE_KINDS,
     Clients,
-    free_port,
-    make_table,
+    serving_plane,
     start_servers,
-    tcp_service,
 )
 
 pytestmark = [
@@ -32,13 +30,14 @@ BULK = 8 * 1024 * 1024
 
 async def _setup(kind: str, expire_nodest_conn: int = 0):  # type: ignore[no-untyped-def]
     servers = await start_servers(["a", "b"])
-    vport = free_port()
-    svc = tcp_service(vport, [(s.port, 1) for s in servers])
-    table = make_table(kind, expire_nodest_conn=expire_nodest_conn)
-    table.add_service(svc)
-    plane = DataPlane(table, DataPlaneSettings(tick_interval=0.05))
+    plane, table, svc = serving_plane(
+        kind,
+        [(s.port, 1) for s in servers],
+        settings=DataPlaneSettings(tick_interval=0.05),
+        expire_nodest_conn=expire_nodest_conn,
+    )
     plane.apply([svc])
-    return servers, svc, table, plane, vport
+    return servers, svc, table, plane, svc.key.port
 
 
 async def _bulk(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, size: int) -> int:

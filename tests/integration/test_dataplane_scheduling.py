@@ -10,14 +10,11 @@ from collections import Counter
 
 import pytest
 
-from hactl.ipvs.dataplane import DataPlane
 from tests.shell.ipvs.dataplane_support import (
     TABLE_KINDS,
     Clients,
-    free_port,
-    make_table,
+    serving_plane,
     start_servers,
-    tcp_service,
 )
 
 pytestmark = [
@@ -52,13 +49,10 @@ async def test_distribution_matches_table_decisions(
 ) -> None:
     servers = await start_servers(["a", "b", "c"])
     by_port = {s.port: s.name for s in servers}
-    vport = free_port()
-    svc = tcp_service(
-        vport, [(s.port, w) for s, w in zip(servers, weights, strict=True)], scheduler=scheduler
+    plane, table, svc = serving_plane(
+        kind, [(s.port, w) for s, w in zip(servers, weights, strict=True)], scheduler=scheduler
     )
-    table = make_table(kind)
-    table.add_service(svc)
-    plane = DataPlane(table)
+    vport = svc.key.port
     try:
         plane.apply([svc])
         names = await _run_clients(vport, count)
@@ -74,11 +68,8 @@ async def test_distribution_matches_table_decisions(
 async def test_persistence_keeps_each_client_on_one_server(kind: str) -> None:
     servers = await start_servers(["a", "b", "c"])
     by_port = {s.port: s.name for s in servers}
-    vport = free_port()
-    svc = tcp_service(vport, [(s.port, 1) for s in servers], persistence_timeout=300)
-    table = make_table(kind)
-    table.add_service(svc)
-    plane = DataPlane(table)
+    plane, table, svc = serving_plane(kind, [(s.port, 1) for s in servers], persistence_timeout=300)
+    vport = svc.key.port
     sources = [f"127.0.0.{i}" for i in range(2, 8)]
     try:
         plane.apply([svc])

@@ -114,6 +114,26 @@ def sh(*cmd: str) -> None:
     subprocess.run(cmd, check=True, capture_output=True)
 
 
+def wait_link_local(ns: str, dev: str, *, timeout: float = 10.0) -> None:
+    """Wait until `dev` has a usable IPv6 link-local address.
+
+    The kernel adds it only once both ends of the veth are up; a sync socket opened before
+    that has no source for ff02::81 and its datagrams never leave.
+    """
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        out = subprocess.run(
+            ["ip", "-n", ns, "-6", "addr", "show", "dev", dev, "scope", "link"],
+            capture_output=True,
+            text=True,
+            check=False,
+        ).stdout
+        if "inet6 fe80::" in out and "tentative" not in out:
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"{ns}/{dev}: no IPv6 link-local address after {timeout} s")
+
+
 @pytest.fixture
 def two_directors() -> Iterator[tuple[str, str]]:
     """Namespaces A and B joined by veth va <-> vb (192.0.2.1/24, 192.0.2.2/24)."""
@@ -145,6 +165,8 @@ def two_directors() -> Iterator[tuple[str, str]]:
         for ns, dev, addr in ((ns_a, "va", "192.0.2.1/24"), (ns_b, "vb", "192.0.2.2/24")):
             sh("ip", "-n", ns, "addr", "add", addr, "dev", dev)
             sh("ip", "-n", ns, "link", "set", dev, "up")
+        for ns, dev in ((ns_a, "va"), (ns_b, "vb")):
+            wait_link_local(ns, dev)
         yield ns_a, ns_b
     finally:
         for ns in created:

@@ -30,6 +30,7 @@ plus VRRPv3 over IPv6 (hactl master, keepalived backup, advert_int 0.1).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import time
@@ -91,6 +92,20 @@ def seg() -> Iterator[Segment]:
         yield s
 
 
+@contextlib.contextmanager
+def _closed_after(*peers: VrrpPeer) -> Iterator[None]:
+    """Close the peers when the block ends; if it fails, print each peer's log first."""
+    try:
+        yield
+    except BaseException:
+        for peer in peers:
+            print(f"==== {peer.kind} {peer.node.name} log ====\n{peer.log()[-6000:]}")
+        raise
+    finally:
+        for peer in peers:
+            peer.close()
+
+
 def _peer(kind: str, seg: Segment, name: str, spec: PeerSpec, tmp: Path) -> VrrpPeer:
     cls = HactlPeer if kind == "hactl" else KeepalivedPeer
     return cls(seg[name], spec, str(tmp / name))
@@ -133,7 +148,7 @@ def test_failover(
     down_b = master_down_interval(version, 100, interval_cs)
     skew_b = skew_time(version, 100, interval_cs)
     client = seg["client"].netns
-    try:
+    with _closed_after(a, b):
         b.start()
         a.start()
         b.wait_ready()
@@ -189,13 +204,6 @@ def test_failover(
         b.stop()
         assert not b.holds(VIP)
         assert _ko_lines(a) == [] and _ko_lines(b) == []
-    except BaseException:
-        for peer in (a, b):
-            print(f"==== {peer.kind} {peer.node.name} log ====\n{peer.log()[-6000:]}")
-        raise
-    finally:
-        a.close()
-        b.close()
 
 
 @pytest.mark.keepalived
@@ -213,7 +221,7 @@ def test_keepalived_learns_nothing_wrong_from_hactl_v3_ipv6(tmp_path: Path) -> N
             PeerSpec(priority=100, version=3, advert_int=0.1, vips=vip6),
             str(tmp_path / "b"),
         )
-        try:
+        with _closed_after(a, b):
             b.start()
             a.start()
             b.wait_ready()
@@ -238,13 +246,6 @@ def test_keepalived_learns_nothing_wrong_from_hactl_v3_ipv6(tmp_path: Path) -> N
             a.wait()
             b.stop()
             assert _ko_lines(a) == [] and _ko_lines(b) == []
-        except BaseException:
-            for peer in (a, b):
-                print(f"==== {peer.kind} {peer.node.name} log ====\n{peer.log()[-6000:]}")
-            raise
-        finally:
-            a.close()
-            b.close()
 
 
 @pytest.mark.keepalived
@@ -255,7 +256,7 @@ def test_v3_backup_learns_the_masters_interval(tmp_path: Path, kind_a: str, kind
     with segment(["a", "b"]) as seg2:
         a = _peer(kind_a, seg2, "a", PeerSpec(priority=150, version=3, advert_int=0.5), tmp_path)
         b = _peer(kind_b, seg2, "b", PeerSpec(priority=100, version=3, advert_int=1.0), tmp_path)
-        try:
+        with _closed_after(a, b):
             a.start()
             a.wait_ready()
             assert wait_until(lambda: a.holds(VIP), limit=STARTUP) is not None
@@ -269,10 +270,3 @@ def test_v3_backup_learns_the_masters_interval(tmp_path: Path, kind_a: str, kind
             assert took is not None and took <= learned + MARGIN, took
             b.stop()
             assert _ko_lines(a) == [] and _ko_lines(b) == []
-        except BaseException:
-            for peer in (a, b):
-                print(f"==== {peer.kind} {peer.node.name} log ====\n{peer.log()[-6000:]}")
-            raise
-        finally:
-            a.close()
-            b.close()

@@ -18,11 +18,12 @@ import contextlib
 import random
 import socket
 import struct
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from ipaddress import IPv4Address, IPv6Address, ip_address
 from typing import Any
 
+from hactl.ipvs.dataplane import DataPlane, DataPlaneSettings
 from hactl.ipvs.engine import EngineOptions, IpvsEngine
 from hactl.ipvs.flows import ClosedFlow, CloseReason, EngineFlowTable, Flow, FlowEvent
 from hactl.ipvs.model import (
@@ -436,3 +437,48 @@ def make_table(kind: str, *, expire_nodest_conn: int = 0) -> Any:
 
 
 TABLE_KINDS = ["engine", "memory"]
+
+
+def serving_plane(
+    kind: str,
+    dests: Sequence[tuple[int, int]],
+    *,
+    settings: DataPlaneSettings | None = None,
+    expire_nodest_conn: int = 0,
+    scheduler: str = "rr",
+    persistence_timeout: float | None = None,
+    fwd: FwdMethod = FwdMethod.MASQ,
+) -> tuple[DataPlane, Any, VirtualService]:
+    """A data plane over a new `kind` table (see `make_table`) holding one TCP service on a
+    free 127.0.0.1 port with destinations (port, weight) (see `tcp_service`).
+
+    Returns (plane, table, service); the plane has not applied the service yet, and the
+    service's port is `service.key.port`.
+    """
+    svc = tcp_service(
+        free_port(),
+        dests,
+        scheduler=scheduler,
+        persistence_timeout=persistence_timeout,
+        fwd=fwd,
+    )
+    table = make_table(kind, expire_nodest_conn=expire_nodest_conn)
+    table.add_service(svc)
+    return DataPlane(table, settings), table, svc
+
+
+async def connect_and_read(port: int) -> None:
+    """Connect to 127.0.0.1:`port` and read once; tests expect a reset, which may already
+    fail the connect call, or else the first read."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        await reader.read(10)
+    finally:
+        writer.close()
+
+
+async def until(predicate: Callable[[], bool], limit: float = 5.0) -> None:
+    """Wait (bounded) until socket callbacks have made `predicate` true."""
+    async with asyncio.timeout(limit):
+        while not predicate():  # noqa: ASYNC110 - the state is changed by loop callbacks
+            await asyncio.sleep(0.01)

@@ -22,6 +22,7 @@ from tests.shell.ipvs.dataplane_support import (
     NamedServer,
     free_port,
     make_table,
+    serving_plane,
     start_servers,
     tcp_service,
 )
@@ -157,11 +158,8 @@ async def test_bulk_transfer_goes_through_splice_intact() -> None:
     if not splice_supported():
         pytest.skip("splice is not available here")
     (a,) = await start_servers(["a"])
-    table = make_table("engine")
-    vport = free_port()
-    svc = tcp_service(vport, [(a.port, 1)])
-    table.add_service(svc)
-    plane = DataPlane(table)
+    plane, _, svc = serving_plane("engine", [(a.port, 1)])
+    vport = svc.key.port
     clients = Clients()
     try:
         plane.apply([svc])

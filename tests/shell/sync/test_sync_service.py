@@ -16,26 +16,17 @@ import pytest
 
 from hactl.clock import Clock, LoopClock
 from hactl.errors import HactlError, StateError
-from hactl.ipvs.model import AF_INET, SyncConn
+from hactl.ipvs.model import SyncConn
 from hactl.sync.kernel import KernelDaemonState, KernelSyncDaemon, NetlinkSyncProbe
 from hactl.sync.model import SyncDaemonConfig, SyncRole
 from hactl.sync.service import NOT_MASTER, SyncConflictError, SyncService
 from hactl.testing.clock import ManualClock
+from tests.unit.sync.sync_support import conn
 
 pytestmark = pytest.mark.timeout(30)
 
 V4 = ipaddress.IPv4Address
 KEY = b"shared sync key, 32 bytes long!!"
-
-
-def conn(i: int = 0, **kw: object) -> SyncConn:
-    base: dict[str, object] = dict(
-        family=AF_INET, protocol=6, flags=0x83, state=1, cport=1024 + i, vport=80, dport=80,
-        fwmark=0, timeout=900, caddr=V4(0x0A000000 + i), vaddr=V4("10.0.0.1"),
-        daddr=V4("10.0.1.2"),
-    )
-    base.update(kw)
-    return SyncConn(**base)  # type: ignore[arg-type]
 
 
 class Outcome(enum.Enum):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import random
+from collections.abc import Iterable
 from ipaddress import IPv4Address, IPv6Address
 from typing import Any
 
@@ -284,20 +285,27 @@ def _apply_config(pair: Pair, action: tuple[Any, ...], now: float) -> float:
     raise AssertionError(kind)
 
 
-@settings(max_examples=150, deadline=None)
-@given(setup=_setup, actions=_actions, sched=st.sampled_from(SCHEDULERS))
-def test_fast_path_matches_general_path(
-    setup: tuple[list[tuple[Any, ...]], ...], actions: list[tuple[Any, ...]], sched: str
-) -> None:
-    pair = Pair(sched)
+def _play(pair: Pair, actions: Iterable[tuple[Any, ...]]) -> float:
+    """Feed the actions to both engines from time 0, packets 0.25 s apart, checking that they
+    agree after each; returns the time reached."""
     now = 0.0
-    for action in [*setup[0], *setup[1], *setup[2], *setup[3], *actions]:
+    for action in actions:
         if action[0] == "pkt":
             pair.receive(_packet_info(action), now)
             now += 0.25
         else:
             now = _apply_config(pair, action, now)
         pair.check(now)
+    return now
+
+
+@settings(max_examples=150, deadline=None)
+@given(setup=_setup, actions=_actions, sched=st.sampled_from(SCHEDULERS))
+def test_fast_path_matches_general_path(
+    setup: tuple[list[tuple[Any, ...]], ...], actions: list[tuple[Any, ...]], sched: str
+) -> None:
+    pair = Pair(sched)
+    now = _play(pair, [*setup[0], *setup[1], *setup[2], *setup[3], *actions])
     for _ in range(8):  # and they drain alike
         now += 600.0
         pair.timer(now)
@@ -374,12 +382,4 @@ SCRIPTS = {
 
 @pytest.mark.parametrize("name", sorted(SCRIPTS))
 def test_scripted_switches_match_general_path(name: str) -> None:
-    pair = Pair("rr")
-    now = 0.0
-    for action in SCRIPTS[name]:
-        if action[0] == "pkt":
-            pair.receive(_packet_info(action), now)
-            now += 0.25
-        else:
-            now = _apply_config(pair, action, now)
-        pair.check(now)
+    _play(Pair("rr"), SCRIPTS[name])

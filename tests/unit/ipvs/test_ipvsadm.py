@@ -350,18 +350,14 @@ def test_exact_prints_full_numbers_one_space_apart() -> None:
     )
 
 
+def _rated(r: Rates) -> list[ServiceStatus]:
+    """One service with one destination, both at rates `r`."""
+    dest = DestStatus(dest=Destination(addr=IPv4Address("192.168.1.1"), port=80), rates=r)
+    return [svc(IpProto.TCP, "10.0.0.1", 80, "wlc", dest, rates=r)]
+
+
 def test_rate_dest_lines_print_cps_and_pps_plain() -> None:
-    r = Rates(cps=3, inpps=40, outpps=38, inbps=5200, outbps=48000)
-    table = [
-        svc(
-            IpProto.TCP,
-            "10.0.0.1",
-            80,
-            "wlc",
-            DestStatus(dest=Destination(addr=IPv4Address("192.168.1.1"), port=80), rates=r),
-            rates=r,
-        )
-    ]
+    table = _rated(Rates(cps=3, inpps=40, outpps=38, inbps=5200, outbps=48000))
     assert list_all(table, fmt=ListFormat.RATE) == text("""
 IP Virtual Server version 1.2.1 (size=4096)
 Prot LocalAddress:Port                 CPS    InPPS   OutPPS    InBPS   OutBPS
@@ -369,17 +365,7 @@ Prot LocalAddress:Port                 CPS    InPPS   OutPPS    InBPS   OutBPS
 TCP  10.0.0.1:80                         3       40       38     5200    48000
 ··->·192.168.1.1:80                      3       40       38     5200    48000
 """)
-    huge = Rates(cps=123_456_789, inpps=1, outpps=2, inbps=123_456_789, outbps=7)
-    table = [
-        svc(
-            IpProto.TCP,
-            "10.0.0.1",
-            80,
-            "wlc",
-            DestStatus(dest=Destination(addr=IPv4Address("192.168.1.1"), port=80), rates=huge),
-            rates=huge,
-        )
-    ]
+    table = _rated(Rates(cps=123_456_789, inpps=1, outpps=2, inbps=123_456_789, outbps=7))
     lines = list_all(table, fmt=ListFormat.RATE).splitlines()
     assert (
         lines[3] == "TCP  10.0.0.1:80                   123456K        1        2  123456K        7"

@@ -14,20 +14,11 @@ from hactl.sync.channel import OTHER_PEERS, QUEUE_FULL, V0_IPV6, SyncReceiver, S
 from hactl.sync.events import ApplySyncEntries, SendDatagram, SyncDropped
 from hactl.sync.model import SyncDaemonConfig, max_sync_len, parse_lvs_sync_daemon
 from hactl.sync.wire import SyncDropReason as R
+from tests.unit.sync.sync_support import conn
 
 V4 = ipaddress.IPv4Address
 V6 = ipaddress.IPv6Address
 KEY = b"0123456789abcdef0123456789abcdef"
-
-
-def conn(i: int = 0, **kw: object) -> SyncConn:
-    base: dict[str, object] = dict(
-        family=AF_INET, protocol=6, flags=0x83, state=1, cport=1024 + i, vport=80, dport=80,
-        fwmark=0, timeout=900, caddr=V4(0x0A000000 + i), vaddr=V4("10.0.0.1"),
-        daddr=V4("10.0.1.2"),
-    )
-    base.update(kw)
-    return SyncConn(**base)  # type: ignore[arg-type]
 
 
 def conn6(i: int = 0) -> SyncConn:
