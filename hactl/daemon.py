@@ -24,7 +24,8 @@
   IPVS services removed. Reverse order of start; every step is attempted and logged.
 * Reload (`reload()`): a configuration with errors changes nothing; a valid one is derived
   and applied by key: checks keep health state for kept servers, the table changes by plan
-  only, listeners of kept services keep their sockets and connections.
+  only, listeners of kept services keep their sockets and connections, and VRRP routers
+  take their new settings in place (`VrrpService.apply`: no transition, VIPs follow).
 
 Only this module (and `cli.py` through it) constructs pyroute2-backed adapters.
 """
@@ -700,13 +701,7 @@ class Director:
             self._check_reload(new)
         except (ValueError, HactlError) as exc:
             return ReloadResult(ok=False, dry_run=True, diagnostics=(str(exc),))
-        changes = tuple(
-            # The running routers are kept on reload (see `reload`): say so in the plan.
-            replace(c, detail="not applied while running: restart hactl to apply")
-            if c.subject.startswith("vrrp_instance ") else c
-            for c in reload_changes(self.derived, new)
-        )
-        return ReloadResult(ok=True, dry_run=True, changes=changes)
+        return ReloadResult(ok=True, dry_run=True, changes=reload_changes(self.derived, new))
 
     async def reload(self, config: Config) -> bool:
         """Apply a new, valid configuration by key (module docstring). False: refused, with
@@ -729,12 +724,20 @@ class Director:
             return False
         old = self.derived
         self._log_derived(new)
-        if new.vrrp != old.vrrp:
-            # VrrpService cannot take a new slice while running yet: keep the running one
-            # rather than restart routers (a restart would cause a VRRP transition).
-            _log.warning("vrrp.reload_not_applied",
-                         detail="VRRP configuration changed; restart hactl to apply it")
-            new = _replace_derived(new, vrrp=old.vrrp)
+        if new.vrrp != old.vrrp and self.vrrp is not None and new.vrrp is not None:
+            # Applied in place by instance name: routers keep their state and timers, so a
+            # reload causes no transition and no VIP move (unlike keepalived's reload, which
+            # can drop a master to BACKUP); only added, removed or re-identified instances
+            # start or leave (RFC 5798 §6.4.1 / §6.4.3).
+            # First of the changes, and all or nothing: when it fails (e.g. an added
+            # instance's interface has no address) the whole reload is refused.
+            try:
+                await self.vrrp.apply(new.vrrp, now=self._clock.now())
+            except (HactlError, OSError) as exc:
+                self.last_reload_error = str(exc)
+                _log.error("config.reload_rejected", error=str(exc),
+                           detail="the running configuration is kept unchanged")
+                return False
         if new.sync != old.sync and self.sync is not None and new.sync is not None:
             self.sync.apply(new.sync, now=self._clock.now())
         if self.embedded is not None:
@@ -770,11 +773,14 @@ class Director:
     def _check_reload(self, new: Derived) -> None:
         if (new.sync is None) != (self.derived.sync is None):
             raise _refuse("sync", "adding or removing lvs_sync_daemon needs a restart")
+        if (new.vrrp is None) != (self.derived.vrrp is None):
+            # the VRRP transport and its tasks are chosen at start
+            raise _refuse("vrrp", "adding or removing every VRRP instance needs a restart")
         if new.sync is not None:
-            names = {i.name for i in self.derived.vrrp.instances} if self.derived.vrrp else set()
+            names = {i.name for i in new.vrrp.instances} if new.vrrp else set()
             if new.sync.instance not in names:
                 raise _refuse("sync", f"lvs_sync_daemon follows VRRP instance "
-                              f"{new.sync.instance!r}, which is not running")
+                              f"{new.sync.instance!r}, which is not configured")
 
     # ------------------------------------------------------------------ stop
 
@@ -1113,10 +1119,6 @@ async def _named(name: str, coro: Coroutine[Any, Any, None]) -> None:
 
 def _refuse(op: str, message: str) -> NotSupported:
     return NotSupported(op, errno.EOPNOTSUPP, message)
-
-
-def _replace_derived(derived: Derived, **changes: Any) -> Derived:
-    return replace(derived, **changes)
 
 
 def _log_op(op: IpvsOp, labels: Mapping[ServiceKey, str]) -> None:

@@ -26,10 +26,11 @@ Pure: no I/O, no logging, no clock. Imports the models (and the pure override ru
 
 from __future__ import annotations
 
+import enum
 import ipaddress
 import shlex
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from typing import TypedDict
 
 from hactl import checks as hc
@@ -683,14 +684,58 @@ def reload_changes(old: Derived, new: Derived) -> tuple[ReloadChange, ...]:
     new_vrrp = {i.name: i for i in new.vrrp.instances} if new.vrrp else {}
     for name, inst in new_vrrp.items():
         if name not in old_vrrp:
-            out.append(ReloadChange(action="add", subject=f"vrrp_instance {name}"))
+            out.append(ReloadChange(action="add", subject=f"vrrp_instance {name}",
+                                    detail="started (INIT, then BACKUP or MASTER)"))
         elif old_vrrp[name] != inst:
-            out.append(ReloadChange(action="change", subject=f"vrrp_instance {name}"))
-    out.extend(ReloadChange(action="remove", subject=f"vrrp_instance {name}")
+            out.append(ReloadChange(action="change", subject=f"vrrp_instance {name}",
+                                    detail=_vrrp_detail(old_vrrp[name], inst)))
+    out.extend(ReloadChange(action="remove", subject=f"vrrp_instance {name}",
+                            detail="leaves (priority-0 advert if master, VIPs removed)")
                for name in old_vrrp if name not in new_vrrp)
+    old_groups = {g.name: g for g in old.vrrp.sync_groups} if old.vrrp else {}
+    new_groups = {g.name: g for g in new.vrrp.sync_groups} if new.vrrp else {}
+    for name, group in new_groups.items():
+        was_group = old_groups.get(name)
+        if was_group is None:
+            out.append(ReloadChange(action="add", subject=f"vrrp_sync_group {name}",
+                                    detail="members " + ", ".join(group.members)))
+        elif was_group != group:
+            detail = (f"members {', '.join(was_group.members)} -> {', '.join(group.members)}"
+                      if was_group.members != group.members else "settings")
+            out.append(ReloadChange(action="change", subject=f"vrrp_sync_group {name}",
+                                    detail=detail))
+    out.extend(ReloadChange(action="remove", subject=f"vrrp_sync_group {name}")
+               for name in old_groups if name not in new_groups)
     if old.sync != new.sync:
         out.append(ReloadChange(action="change", subject="lvs_sync_daemon"))
     return tuple(out)
+
+
+def _vrrp_detail(old: vm.VrrpInstance, new: vm.VrrpInstance) -> str:
+    """What changes in a VRRP instance, as `hactl reload --dry-run` shows it."""
+    if (old.interface, old.family, old.vrid, old.unicast_src_ip) != (
+            new.interface, new.family, new.vrid, new.unicast_src_ip):
+        moved = [f"{name} {getattr(old, name)} -> {getattr(new, name)}"
+                 for name in ("interface", "vrid", "family", "unicast_src_ip")
+                 if getattr(old, name) != getattr(new, name)]
+        return "replaced (leaves, then starts): " + ", ".join(moved)
+    parts: list[str] = []
+    for f in fields(vm.VrrpInstance):
+        was, now = getattr(old, f.name), getattr(new, f.name)
+        if was == now:
+            continue
+        if f.name == "vips":
+            gone = [str(v) for v in was if v not in now]
+            came = [str(v) for v in now if v not in was]
+            parts.append("vips " + " ".join([*(f"+{v}" for v in came), *(f"-{v}" for v in gone)]))
+        elif f.name == "auth_pass":
+            parts.append("auth_pass changed")
+        elif isinstance(was, bool | int | float | str | enum.Enum) or was is None:
+            shown = [x.value if isinstance(x, enum.Enum) else x for x in (was, now)]
+            parts.append(f"{f.name} {shown[0]} -> {shown[1]}")
+        else:
+            parts.append(f"{f.name} changed")
+    return ", ".join(parts)
 
 
 _SERVICE_FIELDS = ("scheduler", "sched_flags", "persistence_timeout", "netmask", "pe_name",

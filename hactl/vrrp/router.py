@@ -186,24 +186,30 @@ class VirtualRouter:
         self._master_priority: int | None = None
         self._counters: Counter[str] = Counter()
         self._drops: Counter[str] = Counter()
-        weights = script_weights or {}
+        self._tracking_weight = tracking_weight
+        self._script_weights = dict(script_weights or {})
         # (kind, name) -> (weight, reverse); weight None on files means "value x weight"
-        self._tracks: dict[tuple[TrackKind, str], tuple[int, bool]] = {}
-        for ti in config.track_interfaces:
-            self._tracks[(TrackKind.INTERFACE, ti.name)] = (ti.weight, ti.reverse)
-        for ts in config.track_scripts:
-            weight = ts.weight if ts.weight is not None else weights.get(ts.name, 0)
-            self._tracks[(TrackKind.SCRIPT, ts.name)] = (weight, ts.reverse)
-        for tf in config.track_files:
-            self._tracks[(TrackKind.FILE, tf.name)] = (tf.weight, tf.reverse)
-        if not config.dont_track_primary:
-            self._tracks.setdefault((TrackKind.INTERFACE, config.interface), (0, False))
-        if not tracking_weight:
-            self._tracks = {k: (0, rev) for k, (_, rev) in self._tracks.items()}
+        self._tracks = self._build_tracks(config)
         # current values: interfaces and scripts 1 (up/ok) or 0; files the integer read
         self._values: dict[tuple[TrackKind, str], int] = {
             key: (0 if key[0] is TrackKind.FILE else 1) for key in self._tracks
         }
+
+    def _build_tracks(self, config: VrrpInstance) -> dict[tuple[TrackKind, str], tuple[int, bool]]:
+        weights = self._script_weights
+        tracks: dict[tuple[TrackKind, str], tuple[int, bool]] = {}
+        for ti in config.track_interfaces:
+            tracks[(TrackKind.INTERFACE, ti.name)] = (ti.weight, ti.reverse)
+        for ts in config.track_scripts:
+            weight = ts.weight if ts.weight is not None else weights.get(ts.name, 0)
+            tracks[(TrackKind.SCRIPT, ts.name)] = (weight, ts.reverse)
+        for tf in config.track_files:
+            tracks[(TrackKind.FILE, tf.name)] = (tf.weight, tf.reverse)
+        if not config.dont_track_primary:
+            tracks.setdefault((TrackKind.INTERFACE, config.interface), (0, False))
+        if not self._tracking_weight:
+            tracks = {k: (0, rev) for k, (_, rev) in tracks.items()}
+        return tracks
 
     # ------------------------------------------------------------------ queries
 
@@ -330,6 +336,153 @@ class VirtualRouter:
             self._counters["released_master"] += 1
         self._clear_timers()
         self._set_state(VrrpState.STOP, reason="shutdown", old=old)
+
+    def same_identity(self, config: VrrpInstance) -> bool:
+        """Whether `config` can be applied in place: same (interface, family, VRID) and the
+        same source address (the shell demultiplexes and sends by these)."""
+        old = self.config
+        return (
+            old.interface == config.interface
+            and old.family is config.family
+            and old.vrid == config.vrid
+            and old.unicast_src_ip == config.unicast_src_ip
+        )
+
+    def apply(
+        self,
+        config: VrrpInstance,
+        *,
+        now: float,
+        tracking_weight: bool | None = None,
+        script_weights: dict[str, int] | None = None,
+    ) -> None:
+        """Take a new configuration for this instance in place, keeping state and timers.
+
+        The reload counterpart of keepalived's, without its transitions: nothing here
+        forces a state change. A priority change is carried by the next periodic advert
+        (as keepalived does for effective-priority changes, spec §6.3), so a master whose
+        priority drops below a backup's is replaced only through RFC 5798 §6.4.2 (the
+        preempting backup discards its adverts and its Master_Down_Timer runs out). A
+        tracked object that now faults, or no longer does, moves the router as
+        `set_track` would.
+
+        Args:
+            config: the new configuration; same identity (`same_identity`).
+            tracking_weight / script_weights: as for the constructor; None keeps them.
+
+        Raises:
+            StateError: the identity differs (the shell removes and adds instead).
+        """
+        if not self.same_identity(config):
+            raise StateError(f"{self.name}: apply() with another interface, family or VRID")
+        if tracking_weight is not None:
+            changed_weights = tracking_weight != self._tracking_weight
+            self._tracking_weight = tracking_weight
+        else:
+            changed_weights = False
+        if script_weights is not None and script_weights != self._script_weights:
+            self._script_weights = dict(script_weights)
+            changed_weights = True
+        old = self.config
+        if config == old and not changed_weights:
+            return  # unchanged: no events at all
+        state = self._state
+        master = state is VrrpState.MASTER
+        was_faulted = self._own_fault() if state is not VrrpState.INIT else False
+        self.config = config
+        self._policy = receive_policy(config)
+        self._relaxed_policy = dataclasses.replace(self._policy, addresses=None)
+        # tracking: keep the last known value of every object still tracked
+        self._tracks = self._build_tracks(config)
+        self._values = {
+            key: self._values.get(key, 0 if key[0] is TrackKind.FILE else 1)
+            for key in self._tracks
+        }
+        # priority (and tracking weights): the next periodic advert carries the new value
+        announce = state is not VrrpState.INIT
+        if config.priority != old.priority:
+            self._base_priority = config.priority
+        if self._base_priority == PRIORITY_OWNER:
+            if self._effective != PRIORITY_OWNER and announce:
+                self._events.append(
+                    PriorityChanged(instance=self.name, old=self._effective, new=PRIORITY_OWNER)
+                )
+            self._effective = PRIORITY_OWNER
+        else:
+            self._recompute_priority(now=now, announce=announce)
+        if master:
+            self._master_priority = self._effective
+        # advert_int: RFC 5798 §6.4.3 the master restarts its Adver_Timer; a backup keeps
+        # the master's interval it learnt (v3) and re-arms Master_Down_Timer with it
+        new_int = round(config.advert_interval * 100)
+        if new_int != self._adver_int_cs or config.version != old.version or (
+            config.down_timer_adverts != old.down_timer_adverts
+        ):
+            self._adver_int_cs = new_int
+            if master:
+                self._master_adver_int_cs = new_int
+                self._advert_at = now + new_int / 100
+            elif state is VrrpState.BACKUP:
+                if config.version == 2 or self._master_address is None:
+                    self._master_adver_int_cs = new_int
+                self._master_down_at = now + self.master_down_interval()
+            else:
+                self._master_adver_int_cs = new_int
+        if config.preempt_delay != old.preempt_delay:
+            self._preempt_until = None  # keepalived restarts the delay at the next advert
+        if master:
+            self._apply_master_addresses(old, config, now=now)
+        if state in (VrrpState.INIT, VrrpState.STOP):
+            return
+        faulted = self._own_fault()
+        if faulted and not was_faulted:
+            self._go_fault(now=now, reason="reload: tracked object down")
+        elif was_faulted and not faulted and not self._group_fault:
+            self._leave_fault(now=now, reason="reload: tracked objects up")
+
+    def _apply_master_addresses(self, old: VrrpInstance, new: VrrpInstance, *, now: float) -> None:
+        """A master's VIP and route changes on reload: drop what went, add and announce
+        what came (RFC 5798 §6.4.2 sends GARP/NA for the addresses it starts to own)."""
+        # routes and rules that may use a dropped VIP go first, as when leaving MASTER
+        gone_routes = tuple(r for r in old.virtual_routes if r not in new.virtual_routes)
+        gone_rules = tuple(r for r in old.virtual_rules if r not in new.virtual_rules)
+        if gone_routes or gone_rules:
+            self._events.append(
+                RemoveRoutes(instance=self.name, routes=gone_routes, rules=gone_rules)
+            )
+        # a prefix change on one address is a remove and an add of that address
+        dropped = tuple(v for v in old.vips if v not in new.vips)
+        added = tuple(v for v in new.vips if v not in old.vips)
+        if dropped:
+            self._events.append(
+                RemoveAddresses(instance=self.name, interface=new.interface, addresses=dropped)
+            )
+        if added:
+            self._events.append(
+                AddAddresses(
+                    instance=self.name,
+                    interface=new.interface,
+                    addresses=added,
+                    accept=new.accept or new.owner,
+                )
+            )
+        came_routes = tuple(r for r in new.virtual_routes if r not in old.virtual_routes)
+        came_rules = tuple(r for r in new.virtual_rules if r not in old.virtual_rules)
+        if came_routes or came_rules:
+            self._events.append(AddRoutes(instance=self.name, routes=came_routes, rules=came_rules))
+        garp = new.garp
+        if added and garp.master_repeat:
+            self._events.append(
+                AnnounceAddresses(
+                    instance=self.name,
+                    interface=new.interface,
+                    addresses=added,
+                    repeat=garp.master_repeat,
+                    interval=garp.interval,
+                )
+            )
+        if garp.master_refresh != old.garp.master_refresh:
+            self._garp_refresh_at = now + garp.master_refresh if garp.master_refresh else None
 
     def record_decode_error(self, error: VrrpDecodeError, *, src: IPAddress | None) -> None:
         """Count an advert the codec rejected (shell calls this with the policy's error)."""
@@ -743,6 +896,9 @@ class VirtualRouter:
             raise StateError(f"{self.name}: already in sync group {self._group.name}")
         self._group = group
 
+    def _leave_group(self) -> None:
+        self._group = None
+
     def _forced_master(self, *, now: float, group: str) -> None:
         if self._state is VrrpState.BACKUP:
             self._become_master(now=now, reason=f"sync group {group}")
@@ -788,6 +944,12 @@ class SyncGroupCore:
     @property
     def name(self) -> str:
         return self.config.name
+
+    def dissolve(self) -> None:
+        """Release the members (reload rebuilds the groups around the same routers, whose
+        states are kept)."""
+        for member in self.members:
+            member._leave_group()
 
     @property
     def state(self) -> VrrpState:

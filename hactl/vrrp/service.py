@@ -143,6 +143,8 @@ class VrrpService:
         self.routers: dict[str, VirtualRouter] = {}
         self.groups: list[SyncGroupCore] = []
         self._channels: dict[_ChannelKey, Channel] = {}
+        self._opened_flags: dict[_ChannelKey, tuple[bool, bool]] = {}
+        self._leaving = False
         self._bindings: dict[tuple[str, Family, int], _Binding] = {}
         self._own: dict[_ChannelKey, set[IPAddress]] = {}
         self._inbox: list[tuple[_ChannelKey, Inbound] | ScriptStateChanged] = []
@@ -150,6 +152,10 @@ class VrrpService:
         self._wake = asyncio.Event()
         self._counters: Counter[str] = Counter()
         self._background: set[asyncio.Task[None]] = set()
+        self._tg: asyncio.TaskGroup | None = None
+        self._scripts_task: asyncio.Task[None] | None = None
+        self._links_task: asyncio.Task[None] | None = None
+        self._files_task: asyncio.Task[None] | None = None
         self.started = asyncio.Event()
 
     # ------------------------------------------------------------------ public
@@ -177,24 +183,152 @@ class VrrpService:
             self.started.set()
             try:
                 async with asyncio.TaskGroup() as tg:
+                    self._tg = tg
                     tg.create_task(self._loop(), name="vrrp loop")
                     tg.create_task(self._until(shutdown_trigger), name="vrrp shutdown")
-                    if self.config.scripts:
-                        runner = ScriptRunner(
-                            self.config.scripts,
-                            clock=self._clock,
-                            emit=self._script_changed,
-                            default_user=self.config.script_user,
-                        )
-                        tg.create_task(runner.run(), name="vrrp scripts")
-                    if self._tracked_links():
-                        tg.create_task(self._poll_links(), name="vrrp links")
-                    if self._tracked_files():
-                        tg.create_task(self._poll_files(), name="vrrp files")
+                    self._start_trackers(scripts_changed=True)
             except* _Shutdown:
                 pass
         finally:
+            self._tg = None
             await self._leave()
+
+    def _start_trackers(self, *, scripts_changed: bool) -> None:
+        """Start (or, for changed vrrp_scripts, restart) the tracking tasks the current
+        configuration needs; the pollers read the tracked set on every round."""
+        tg = self._tg
+        if tg is None:
+            return
+        if scripts_changed and self._scripts_task is not None:
+            self._scripts_task.cancel()
+            self._scripts_task = None
+        if self.config.scripts and self._scripts_task is None:
+            runner = ScriptRunner(
+                self.config.scripts,
+                clock=self._clock,
+                emit=self._script_changed,
+                default_user=self.config.script_user,
+            )
+            self._scripts_task = tg.create_task(runner.run(), name="vrrp scripts")
+        if self._links_task is None and self._tracked_links():
+            self._links_task = tg.create_task(self._poll_links(), name="vrrp links")
+        if self._files_task is None and self._tracked_files():
+            self._files_task = tg.create_task(self._poll_files(), name="vrrp files")
+
+    async def apply(self, config: VrrpConfig, *, now: float) -> None:
+        """Take a new VRRP slice while running, keyed by instance name (STYLE §8.4 reload).
+
+        * unchanged instances: nothing happens;
+        * changed, same (interface, family, VRID, source): `VirtualRouter.apply` keeps the
+          state and timers (no transition, so no VIP move);
+        * changed identity: the old router leaves as on shutdown (priority-0 advert when
+          master, RFC 5798 §6.4.3) and a new one starts, as do added instances;
+        * removed instances leave as on shutdown; the others are untouched;
+        * sync groups are rebuilt by name around the same routers, keeping their states.
+
+        Raises:
+            NotSupported: an instance asks for no_accept (nothing is changed).
+            KernelError: an added instance's interface has no usable address (nothing is
+                changed).
+        """
+        for inst in config.instances:
+            if not inst.accept and not inst.owner:
+                raise NotSupported(
+                    "no_accept", errno.EOPNOTSUPP, f"{inst.name}: no_accept is not supported"
+                )
+        old_config = self.config
+        if config == old_config:
+            return
+        if not self.started.is_set() or self._leaving:
+            # not running (yet, or any more): setup reads the slice, leaving ignores it
+            self.config = config
+            return
+        wanted = {i.name: i for i in config.instances}
+        weights = {s.name: s.weight for s in config.scripts}
+        in_group = {m: g for g in config.sync_groups for m in g.members}
+        leaving = [
+            r
+            for name, r in self.routers.items()
+            if name not in wanted or not r.same_identity(wanted[name])
+        ]
+        # the only step that can fail (an interface without an address) comes first, so a
+        # failed apply changes nothing
+        staying = {r.name for r in self.routers.values() if r not in leaving}
+        primaries = {
+            inst.name: await self._primary_address(inst)
+            for inst in config.instances
+            if inst.name not in staying
+        }
+        for core in self.groups:
+            core.dissolve()
+        self.groups = []
+        for router in leaving:
+            inst = router.config
+            del self.routers[inst.name]
+            router.shutdown(now=now)
+            await self._drain_router(router)  # its priority-0 advert still needs the binding
+            self._bindings.pop((inst.interface, inst.family, inst.vrid), None)
+        self.config = config
+        added: list[VirtualRouter] = []
+        for inst in config.instances:
+            group = in_group.get(inst.name)
+            tracking_weight = group is None or group.sync_group_tracking_weight
+            if inst.name in self.routers:
+                continue
+            primary = primaries[inst.name]
+            router = VirtualRouter(
+                inst,
+                primary_address=primary,
+                tracking_weight=tracking_weight,
+                script_weights=weights,
+            )
+            key: _ChannelKey = (inst.interface, inst.family)
+            channel = self._channels.get(key)
+            if channel is None:
+                channel = self._open_channel(inst, primary)
+                self._channels[key] = channel
+            self._bindings[(inst.interface, inst.family, inst.vrid)] = _Binding(router, channel)
+            self.routers[inst.name] = router
+            added.append(router)
+        self._refresh_channels()
+        # keep the configuration order (status, drain order)
+        self.routers = {i.name: self.routers[i.name] for i in config.instances}
+        self._own = {}
+        for router in self.routers.values():
+            key = (router.config.interface, router.config.family)
+            self._own.setdefault(key, set()).add(router.primary_address)
+        for group_config in config.sync_groups:
+            members = [self.routers[m] for m in group_config.members]
+            self.groups.append(SyncGroupCore(group_config, members))
+        # kept routers take their new settings inside their new groups, so a fault the
+        # reload causes pulls the group along (spec §6.4)
+        fresh = {id(r) for r in added}
+        for inst in config.instances:
+            group = in_group.get(inst.name)
+            kept = self.routers[inst.name]
+            if id(kept) not in fresh:
+                kept.apply(
+                    inst,
+                    now=now,
+                    tracking_weight=group is None or group.sync_group_tracking_weight,
+                    script_weights=weights,
+                )
+        init_fail = {s.name for s in config.scripts if s.init_fail}
+        for router in added:
+            for kind, name in router.tracks():
+                if kind is TrackKind.SCRIPT and name in init_fail:
+                    router.set_track(kind, name, False, now=now)
+        await self._poll_links_once(now=now)
+        self._poll_files_once(now=now)
+        for router in added:
+            router.start(now=now)
+        self._start_trackers(scripts_changed=config.scripts != old_config.scripts)
+        await self._drain()
+        self._wake.set()  # deadlines moved: the loop re-arms
+
+    async def _drain_router(self, router: VirtualRouter) -> None:
+        for event in router.pop_events():
+            await self._apply(router, event)
 
     # ------------------------------------------------------------------ setup
 
@@ -237,19 +371,48 @@ class VrrpService:
                 raise HactlError(f"{inst.name}: VRID {inst.vrid} used twice on {inst.interface}")
             self._bindings[binding_key] = _Binding(router, channel)
 
+    def _channel_flags(self, key: _ChannelKey) -> tuple[bool, bool]:
+        """(multicast, ah) the instances on one (interface, family) need from its channel."""
+        same = [i for i in self.config.instances if (i.interface, i.family) == key]
+        return any(not i.unicast for i in same), any(i.auth_type is AuthType.AH for i in same)
+
     def _open_channel(self, inst: VrrpInstance, source: IPAddress) -> Channel:
         key: _ChannelKey = (inst.interface, inst.family)
-        same = [i for i in self.config.instances if (i.interface, i.family) == key]
+        multicast, ah = self._channel_flags(key)
+        self._opened_flags[key] = (multicast, ah)
         ifindex = self._ifindex.get(inst.interface, 0)
         return self._channel_factory.open(
             interface=inst.interface,
             ifindex=ifindex,
             family=inst.family,
             source=source,
-            multicast=any(not i.unicast for i in same),
-            ah=any(i.auth_type is AuthType.AH for i in same),
+            multicast=multicast,
+            ah=ah,
             on_receive=lambda inbound: self._received(key, inbound),
         )
+
+    def _refresh_channels(self) -> None:
+        """After a reload: close the channels no instance uses any more, and reopen those
+        whose instances now need multicast membership or AH that they were not opened with
+        (the bindings move to the new channel; router state is untouched)."""
+        for key, channel in list(self._channels.items()):
+            users = [b for k, b in self._bindings.items() if (k[0], k[1]) == key]
+            if not users:
+                with contextlib.suppress(OSError):
+                    channel.close()
+                del self._channels[key]
+                self._opened_flags.pop(key, None)
+                continue
+            if self._channel_flags(key) == self._opened_flags.get(key):
+                continue
+            first = users[0].router
+            with contextlib.suppress(OSError):
+                channel.close()  # first: the new one binds the same address and port
+            del self._channels[key]
+            fresh = self._open_channel(first.config, first.primary_address)
+            self._channels[key] = fresh
+            for binding in users:
+                binding.channel = fresh
 
     async def _primary_address(self, inst: VrrpInstance) -> IPAddress:
         if inst.unicast_src_ip is not None:
@@ -367,11 +530,11 @@ class VrrpService:
         moved = True
         while moved:
             moved = False
-            for router in self.routers.values():
+            for router in list(self.routers.values()):
                 for event in router.pop_events():
                     moved = True
                     await self._apply(router, event)
-            for group in self.groups:
+            for group in list(self.groups):
                 for event in group.pop_events():
                     moved = True
                     await self._apply(None, event)
@@ -437,8 +600,9 @@ class VrrpService:
                 new=event.new.name,
                 initiator=event.initiator,
             )
-            group = next(g for g in self.groups if g.name == event.group)
-            self._notifier.group_state(group.config.notify, event.group, event.new)
+            group = next((g for g in self.groups if g.name == event.group), None)
+            if group is not None:  # None: a reload removed the group meanwhile
+                self._notifier.group_state(group.config.notify, event.group, event.new)
         elif isinstance(event, AdvertisementDropped):
             log.debug(
                 "vrrp.advert_dropped",
@@ -580,6 +744,7 @@ class VrrpService:
 
     async def _leave(self) -> None:
         """RFC 5798 §6.4.3 Shutdown for every router; each step attempted (STYLE §8.4)."""
+        self._leaving = True
         now = self._clock.now()
         for router in self.routers.values():
             try:

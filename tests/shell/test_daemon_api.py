@@ -21,7 +21,7 @@ import stat
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv4Interface
 from pathlib import Path
 from typing import Any
 
@@ -427,7 +427,8 @@ vrrp_instance VI_1 {
     }
 }
 """
-    ports = VrrpPorts(addresses=InMemoryAddressPort({"lo": ()}),
+    addresses = InMemoryAddressPort({"lo": ()})
+    ports = VrrpPorts(addresses=addresses,
                       neighbours=RecordingNeighbourPort(),
                       channels=UdpChannelFactory(port=_free_port(socket.SOCK_DGRAM)),
                       transport="udp-dev")
@@ -470,15 +471,26 @@ vrrp_instance VI_1 {
                     await _eventually(
                         lambda: {n for _, _, n in load.done[-30:]} == {"a", "b", "new"},
                         LOAD_LIMIT)
-                    # a VRRP change is planned but, while running, not applied (the
-                    # routers are kept: restarting them would be a transition)
+                    # a VRRP change is planned, then applied in place: the router is
+                    # kept (no transition), the next advert carries the new priority
                     conf.write_text(_config(vport, servers, extra=vrrp.replace(
-                        "priority 100", "priority 120")))
+                        "priority 100", "priority 120").replace(
+                        "127.0.0.170/32", "127.0.0.171/32")))
                     vrrp_plan = await api.send("POST", "/api/v1/reload", {"dry_run": True})
                     assert [(c["action"], c["subject"], c["detail"])
                             for c in vrrp_plan["changes"]] == [
                         ("change", "vrrp_instance VI_1",
-                         "not applied while running: restart hactl to apply")]
+                         "priority 100 -> 120, vips +127.0.0.171/32 -127.0.0.170/32")]
+                    router = director.vrrp.routers["VI_1"]
+                    assert IPv4Interface("127.0.0.170/32") in addresses.links["lo"]
+                    applied = await api.send("POST", "/api/v1/reload", {})
+                    assert applied["ok"] and applied["changes"] == vrrp_plan["changes"]
+                    assert director.vrrp.routers["VI_1"] is router
+                    assert router.effective_priority == 120
+                    # the VIPs follow on the master: the new one added, the dropped removed
+                    held = addresses.links["lo"]
+                    assert IPv4Interface("127.0.0.171/32") in held
+                    assert IPv4Interface("127.0.0.170/32") not in held
                     text = await api.get_text("/metrics")
                 assert not load.failed, load.failed[:5]
                 # the VRRP metrics come from the running router
@@ -495,7 +507,7 @@ vrrp_instance VI_1 {
                 transitions = api_port.vrrp_instances()[0].transitions
         after = logs[mark:]
         events = [e["event"] for e in after]
-        assert events.count("config.reloaded") == 2
+        assert events.count("config.reloaded") == 3
         assert "vrrp.state_changed" not in events[:events.index("daemon.stopping")]
         assert not [e for e in after if e["event"] in ("check.health_changed",
                                                          "ipvs.dest_removed")

@@ -336,7 +336,7 @@ def test_reload_changes_is_the_keyed_difference() -> None:
         ("change", "real_server tcp:10.0.0.1:80 10.0.1.1:80", "weight 5 -> 7"),
         ("add", "real_server tcp:10.0.0.1:80 10.0.1.3:80", "weight 2"),
         ("add", "virtual_server tcp:10.0.0.2:443", "1 real server"),
-        ("add", "vrrp_instance VI_1", ""),
+        ("add", "vrrp_instance VI_1", "started (INIT, then BACKUP or MASTER)"),
     ]
     back = [(c.action, c.subject) for c in reload_changes(_derive(new_text), old)]
     assert back == [
@@ -346,3 +346,44 @@ def test_reload_changes_is_the_keyed_difference() -> None:
         ("remove", "virtual_server tcp:10.0.0.2:443"),
         ("remove", "vrrp_instance VI_1"),
     ]
+
+
+_VRRP = """vrrp_instance VI_1 {
+    interface eth0
+    virtual_router_id 51
+    priority 100
+    virtual_ipaddress {
+        10.0.0.1/24
+    }
+}
+vrrp_instance VI_2 {
+    interface eth0
+    virtual_router_id 52
+    virtual_ipaddress {
+        10.0.0.2/24
+    }
+}
+"""
+
+
+def test_reload_changes_lists_the_vrrp_changes_that_will_be_applied() -> None:
+    old = _derive(BASIC + _VRRP)
+    assert reload_changes(old, _derive(BASIC + _VRRP)) == ()
+    new_text = BASIC + _VRRP.replace("priority 100", "priority 150\n    nopreempt").replace(
+        "10.0.0.1/24", "10.0.0.1/24\n        10.0.0.3/24") + (
+        "vrrp_instance VI_3 {\n    interface eth0\n    virtual_router_id 53\n"
+        "    virtual_ipaddress {\n        10.0.0.9/24\n    }\n}\n"
+        "vrrp_sync_group G {\n    group {\n        VI_1\n        VI_3\n    }\n}\n")
+    changes = [(c.action, c.subject, c.detail) for c in reload_changes(old, _derive(new_text))]
+    assert changes == [
+        ("change", "vrrp_instance VI_1", "priority 100 -> 150, nopreempt False -> True, "
+         "vips +10.0.0.3/24"),
+        ("add", "vrrp_instance VI_3", "started (INIT, then BACKUP or MASTER)"),
+        ("add", "vrrp_sync_group G", "members VI_1, VI_3"),
+    ]
+    moved = _derive(BASIC + _VRRP.replace("virtual_router_id 52", "virtual_router_id 60"))
+    assert [(c.action, c.subject, c.detail) for c in reload_changes(old, moved)] == [
+        ("change", "vrrp_instance VI_2", "replaced (leaves, then starts): vrid 52 -> 60")]
+    gone = _derive(BASIC + _VRRP[:_VRRP.index("vrrp_instance VI_2")])
+    assert [(c.action, c.subject, c.detail) for c in reload_changes(old, gone)] == [
+        ("remove", "vrrp_instance VI_2", "leaves (priority-0 advert if master, VIPs removed)")]

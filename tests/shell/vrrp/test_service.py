@@ -18,10 +18,12 @@ from pathlib import Path
 import pytest
 
 from hactl.clock import LoopClock
+from hactl.errors import KernelError
 from hactl.testing.fakes import InMemoryAddressPort, RecordingNeighbourPort
 from hactl.vrrp.events import VrrpState
 from hactl.vrrp.model import (
     NotifyScripts,
+    SyncGroup,
     TrackFile,
     TrackScript,
     UnicastPeer,
@@ -413,3 +415,148 @@ async def test_setup_failure_raises_and_leaves_nothing(net: tuple[list[IPv4Addre
         with pytest.raises(KernelError):
             await service.run(shutdown_trigger=asyncio.Event().wait)
     assert addresses.links["lo"] == []
+
+
+VIP2 = IPv4Interface("10.200.0.101/24")
+
+
+@pytest.mark.asyncio
+async def test_reload_changes_priority_and_vips_without_a_transition(
+    net: tuple[list[IPv4Address], int],
+) -> None:
+    (ia, ib, _), _port = net
+    ca, cb = pair(net)
+    async with asyncio.timeout(15), running(("a", ca), ("b", cb), port=net[1]) as (a, b):
+        await wait_for(lambda: a.holds_vip(), limit=2)
+        router_a, router_b = a.service.routers["VI_1"], b.service.routers["VI_1"]
+        before_a = router_a.status().transitions
+        before_b = router_b.status().transitions
+        await wait_for(lambda: len(a.neighbours.announced) == 1, limit=1)  # the takeover's
+        announced = len(a.neighbours.announced)
+        loop = asyncio.get_running_loop()
+        # priority 120 and a VIP swap on the master, priority 110 and the VIPs on the backup
+        new_a = VrrpConfig(instances=(instance(ia, [ib], 120, vips=(VIP2,)),))
+        new_b = VrrpConfig(instances=(instance(ib, [ia], 110, vips=(VIP2,)),))
+        await a.service.apply(new_a, now=loop.time())
+        await b.service.apply(new_b, now=loop.time())
+        # the VIPs follow at once on the master: the new one added and announced
+        assert VIP2 in a.addresses.links["lo"] and not a.holds_vip()
+        await wait_for(lambda: len(a.neighbours.announced) > announced, limit=1)
+        assert a.neighbours.announced[announced:] == [("lo", (VIP2,), 5)]
+        assert VIP2 not in b.addresses.links["lo"]
+        await asyncio.sleep(10 * ADV)
+        # same routers, same states, no transition; the adverts carry the new priority
+        assert a.service.routers["VI_1"] is router_a and b.service.routers["VI_1"] is router_b
+        assert router_a.state is VrrpState.MASTER and router_b.state is VrrpState.BACKUP
+        assert router_a.status().transitions == before_a
+        assert router_b.status().transitions == before_b
+        assert router_b.status().master_priority == 120
+        assert a.service.config == new_a
+
+
+@pytest.mark.asyncio
+async def test_reload_adds_removes_and_regroups_instances(
+    net: tuple[list[IPv4Address], int],
+) -> None:
+    (ia, ib, _), _port = net
+    ca, _cb = pair(net)
+    async with asyncio.timeout(15), running(("a", ca), port=net[1]) as (a,):
+        await wait_for(lambda: a.holds_vip(), limit=2)
+        router = a.service.routers["VI_1"]
+        loop = asyncio.get_running_loop()
+        second = instance(ia, [ib], 150, name="VI_2", vrid=52, vips=(VIP2,))
+        grouped = VrrpConfig(
+            instances=(ca.instances[0], second),
+            sync_groups=(SyncGroup(name="G", members=("VI_1", "VI_2")),),
+        )
+        await a.service.apply(grouped, now=loop.time())
+        # added: starts in BACKUP (INIT -> BACKUP), then takes over with no peer around;
+        # the running member keeps its state
+        assert a.service.routers["VI_2"].state is VrrpState.BACKUP
+        assert a.service.routers["VI_1"] is router and router.state is VrrpState.MASTER
+        await wait_for(lambda: VIP2 in a.addresses.links["lo"], limit=2)
+        assert [g.name for g in a.service.groups] == ["G"]
+        transitions = router.status().transitions
+        # removed: VI_2 leaves like a graceful stop (its VIPs go), VI_1 is untouched
+        await a.service.apply(ca, now=loop.time())
+        assert VIP2 not in a.addresses.links["lo"] and a.holds_vip()
+        assert set(a.service.routers) == {"VI_1"} and a.service.groups == []
+        await asyncio.sleep(5 * ADV)
+        assert router.state is VrrpState.MASTER
+        assert router.status().transitions == transitions
+        # a changed identity (another VRID) is a remove and an add
+        moved = VrrpConfig(instances=(instance(ia, [ib], 150, vrid=60),))
+        await a.service.apply(moved, now=loop.time())
+        assert a.service.routers["VI_1"] is not router
+        assert router.state is VrrpState.STOP
+        await wait_for(lambda: a.service.routers["VI_1"].state is VrrpState.MASTER, limit=2)
+        assert a.holds_vip()
+
+
+class RecordingFactory:
+    """Channels that send nowhere; records how each was opened and whether it was closed."""
+
+    def __init__(self) -> None:
+        self.opened: list[tuple[str, bool, bool]] = []
+        self.closed: list[str] = []
+
+    def open(self, *, interface: str, multicast: bool, ah: bool, **_: object) -> Channel:
+        self.opened.append((interface, multicast, ah))
+        factory = self
+
+        class _Quiet:
+            ipv4_datagrams = False
+
+            def send(self, data: bytes, dst: object, *, ttl: int) -> None:
+                pass
+
+            def close(self) -> None:
+                factory.closed.append(interface)
+
+        return _Quiet()
+
+
+@pytest.mark.asyncio
+async def test_reload_reopens_a_channel_whose_needs_changed(
+    net: tuple[list[IPv4Address], int],
+) -> None:
+    (ia, ib, _), _port = net
+    unicast = VrrpConfig(instances=(instance(ia, [ib], 150),))
+    factory = RecordingFactory()
+    addresses = InMemoryAddressPort({"lo": [IPv4Interface("127.0.0.1/8")],
+                                     "eth1": [IPv4Interface("192.0.2.1/24")]})
+    service = VrrpService(unicast, addresses=addresses, neighbours=RecordingNeighbourPort(),
+                          channels=factory, clock=LoopClock())
+    stop = asyncio.Event()
+    async with asyncio.timeout(10):
+        task = asyncio.create_task(service.run(shutdown_trigger=stop.wait))
+        await service.started.wait()
+        assert factory.opened == [("lo", False, False)]
+        loop = asyncio.get_running_loop()
+        router = service.routers["VI_1"]
+        # a multicast instance joins lo: the channel is reopened with multicast membership
+        both = VrrpConfig(instances=(
+            instance(ia, [ib], 150),
+            instance(ia, [], 100, name="VI_2", vrid=52, vips=(VIP2,), unicast_src_ip=None),
+        ))
+        await service.apply(both, now=loop.time())
+        assert factory.opened == [("lo", False, False), ("lo", True, False)]
+        assert factory.closed == ["lo"]
+        assert service.routers["VI_1"] is router
+        # every instance moves to eth1: lo's channel is closed, eth1's opened
+        moved = VrrpConfig(instances=(
+            instance(ia, [ib], 150, interface="eth1", unicast_src_ip=None,
+                     unicast_peers=()),))
+        await service.apply(moved, now=loop.time())
+        assert factory.opened[-1] == ("eth1", True, False)
+        assert factory.closed == ["lo", "lo"]
+        # an added instance on an interface without an address: refused, nothing changed
+        kept = service.routers["VI_1"]
+        broken = VrrpConfig(instances=(*moved.instances, instance(
+            ia, [], 100, name="VI_3", vrid=53, interface="eth2", unicast_src_ip=None,
+            unicast_peers=())))
+        with pytest.raises(KernelError):
+            await service.apply(broken, now=loop.time())
+        assert service.config == moved and service.routers == {"VI_1": kept}
+        stop.set()
+        await task

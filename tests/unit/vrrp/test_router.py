@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 from ipaddress import IPv4Address, IPv4Interface
 
 import pytest
@@ -24,6 +25,7 @@ from hactl.vrrp.model import (
     AuthType,
     GarpSettings,
     InitialState,
+    SyncGroup,
     TrackFile,
     TrackInterface,
     TrackScript,
@@ -31,6 +33,7 @@ from hactl.vrrp.model import (
 )
 from hactl.vrrp.packet import Advertisement, DropReason
 from hactl.vrrp.router import (
+    SyncGroupCore,
     TrackKind,
     VirtualRouter,
     master_down_interval,
@@ -466,3 +469,175 @@ def test_skip_check_adv_addr_relaxes_only_for_the_known_master() -> None:
     strict.start(now=0.0)
     strict.receive_advertisement(adv(150), src=PEER, now=1.0)
     assert strict.policy_for(PEER).addresses == frozenset({VIP.ip})
+
+
+# --------------------------------------------------------------------------- reload (apply)
+
+VIP2 = IPv4Interface("10.200.0.101/24")
+
+
+def _backup(**kw: object) -> VirtualRouter:
+    r = VirtualRouter(cfg(**kw), primary_address=ME)
+    r.start(now=0.0)
+    r.receive_advertisement(adv(200), src=PEER, now=1.0)
+    r.pop_events()
+    assert r.state is VrrpState.BACKUP
+    return r
+
+
+def test_unchanged_config_gives_no_events_at_all() -> None:
+    for r in (_master(), _backup()):
+        deadline = r.next_deadline()
+        r.apply(cfg(), now=1.5)
+        assert r.pop_events() == []
+        assert r.next_deadline() == deadline
+
+
+def test_priority_change_on_the_master_no_transition_next_advert_carries_it() -> None:
+    r = _master()
+    deadline = r.next_deadline()
+    assert deadline is not None
+    r.apply(cfg(priority=150), now=deadline - 0.5)
+    events = r.pop_events()
+    # spec §6.3: a priority change is not advertised at once; nothing else happens
+    assert events == [PriorityChanged(instance="VI_1", old=100, new=150)]
+    assert r.state is VrrpState.MASTER
+    assert r.next_deadline() == deadline  # the Adver_Timer is carried over
+    r.handle_timer(now=deadline)
+    assert sent(r.pop_events()) == [150]
+
+
+def test_master_priority_below_a_known_backup_follows_the_protocol() -> None:
+    r = _master(priority=150)
+    r.apply(cfg(priority=50), now=0.5)
+    assert not [e for e in r.pop_events() if isinstance(e, StateChanged)]
+    assert r.state is VrrpState.MASTER
+    # RFC 5798 §6.4.3: the preempting backup (100) discards our lower advert and takes
+    # over when its down timer expires; its advert then moves us to BACKUP
+    r.receive_advertisement(adv(100), src=PEER, now=4.0)
+    assert r.state is VrrpState.BACKUP
+
+
+def test_priority_change_on_a_backup_keeps_the_down_timer() -> None:
+    r = _backup()
+    deadline = r.next_deadline()
+    r.apply(cfg(priority=150), now=2.0)
+    assert r.pop_events() == [PriorityChanged(instance="VI_1", old=100, new=150)]
+    assert r.state is VrrpState.BACKUP
+    assert r.next_deadline() == deadline
+    # a higher priority with preemption: the 200 master still wins; at 250 we would preempt
+    r.apply(cfg(priority=250), now=2.0)
+    r.pop_events()
+    r.receive_advertisement(adv(200), src=PEER, now=2.5)
+    assert r.next_deadline() == deadline  # lower-priority advert discarded, timer not reset
+
+
+def test_advert_int_change_rearms_the_timers() -> None:
+    r = _master()
+    r.apply(cfg(advert_interval=3.0), now=4.0)  # master since 3.609375, next advert 4.609375
+    assert r.pop_events() == []
+    assert r.next_deadline() == pytest.approx(7.0)  # RFC 5798 §6.4.3: Adver_Timer restarted
+    r.handle_timer(now=7.0)
+    assert [e.advertisement.adver_int_cs for e in r.pop_events()
+            if isinstance(e, SendAdvertisement)] == [300]
+    b = _backup()
+    b.apply(cfg(advert_interval=2.0), now=2.0)
+    assert b.pop_events() == []
+    assert b.next_deadline() == pytest.approx(2.0 + master_down_interval(2, 100, 200))
+    assert b.state is VrrpState.BACKUP
+
+
+def test_vip_change_on_the_master_adds_removes_and_announces() -> None:
+    r = _master()
+    r.apply(cfg(vips=(VIP2,)), now=1.0)
+    events = r.pop_events()
+    assert events == [
+        RemoveAddresses(instance="VI_1", interface="eth0", addresses=(VIP,)),
+        AddAddresses(instance="VI_1", interface="eth0", addresses=(VIP2,), accept=True),
+        AnnounceAddresses(instance="VI_1", interface="eth0", addresses=(VIP2,), repeat=5,
+                          interval=0.0),
+    ]
+    assert r.state is VrrpState.MASTER
+    r.handle_timer(now=r.next_deadline() or 0.0)
+    advert = next(e for e in r.pop_events() if isinstance(e, SendAdvertisement))
+    assert advert.advertisement.addresses == (VIP2.ip,)
+    # adding one keeps the other in place
+    r.apply(cfg(vips=(VIP2, VIP)), now=2.0)
+    assert [type(e) for e in r.pop_events()] == [AddAddresses, AnnounceAddresses]
+
+
+def test_vip_change_on_a_backup_is_only_recorded() -> None:
+    r = _backup()
+    r.apply(cfg(vips=(VIP2,)), now=2.0)
+    assert r.pop_events() == []
+    assert r.policy_for(IPv4Address("10.200.0.9")).addresses == frozenset({VIP2.ip})
+    r.handle_timer(now=r.next_deadline() or 0.0)
+    events = r.pop_events()
+    added = [e for e in events if isinstance(e, AddAddresses)]
+    assert [a.addresses for a in added] == [(VIP2,)]
+
+
+def test_nopreempt_and_preempt_delay_take_effect() -> None:
+    r = _backup(priority=150)
+    deadline = r.next_deadline()
+    r.receive_advertisement(adv(100), src=PEER, now=2.0)  # preempting: discarded
+    assert r.next_deadline() == deadline
+    r.apply(cfg(priority=150, nopreempt=True), now=2.0)
+    r.receive_advertisement(adv(100), src=PEER, now=2.5)
+    assert r.next_deadline() == pytest.approx(2.5 + master_down_interval(2, 150, 100))
+    r.apply(cfg(priority=150, preempt_delay=5.0), now=3.0)
+    r.receive_advertisement(adv(100), src=PEER, now=3.5)  # delay starts: accepted
+    assert r.next_deadline() == pytest.approx(3.5 + master_down_interval(2, 150, 100))
+
+
+def test_track_change_takes_effect() -> None:
+    r = _master()
+    r.apply(cfg(track_interfaces=(TrackInterface(name="eth1", weight=-20),)), now=1.0)
+    assert r.pop_events() == []
+    r.set_track(TrackKind.INTERFACE, "eth1", False, now=1.2)
+    assert r.pop_events() == [PriorityChanged(instance="VI_1", old=100, new=80)]
+    # weight 0 and the object is down: RFC-less keepalived FAULT (spec §6.4)
+    r.apply(cfg(track_interfaces=(TrackInterface(name="eth1"),)), now=1.5)
+    events = r.pop_events()
+    assert sent(events) == [0, 0]
+    assert r.state is VrrpState.FAULT
+    r.apply(cfg(), now=2.0)
+    assert r.state is VrrpState.BACKUP
+
+
+def test_auth_and_version_change_in_the_next_advert() -> None:
+    r = _master()
+    r.apply(cfg(auth_type=AuthType.PASS, auth_pass=b"secret"), now=0.5)
+    assert r.pop_events() == []
+    r.handle_timer(now=r.next_deadline() or 0.0)
+    advert = next(e for e in r.pop_events() if isinstance(e, SendAdvertisement)).advertisement
+    assert advert.auth_type is AuthType.PASS and advert.auth_data == b"secret\0\0"
+    r.apply(cfg(version=3), now=r.next_deadline() or 0.0)
+    r.handle_timer(now=r.next_deadline() or 0.0)
+    advert = next(e for e in r.pop_events() if isinstance(e, SendAdvertisement)).advertisement
+    assert advert.version == 3 and advert.auth_type is AuthType.NONE
+
+
+def test_identity_change_is_refused() -> None:
+    r = _master()
+    for other in (cfg(vrid=52), cfg(interface="eth1")):
+        assert not r.same_identity(other)
+        with pytest.raises(StateError):
+            r.apply(other, now=1.0)
+    assert r.pop_events() == []
+
+
+def test_sync_group_rebuilt_around_the_same_routers_keeps_states() -> None:
+    a = _master()
+    b = VirtualRouter(replace(cfg(), name="VI_2", vrid=52), primary_address=ME)
+    b.start(now=0.0)
+    b.pop_events()
+    group = SyncGroupCore(SyncGroup(name="G", members=("VI_1", "VI_2")), (a, b))
+    group.dissolve()
+    rebuilt = SyncGroupCore(SyncGroup(name="G", members=("VI_1", "VI_2")), (a, b))
+    assert a.state is VrrpState.MASTER and b.state is VrrpState.BACKUP
+    assert a.pop_events() == [] and b.pop_events() == []
+    # the rebuilt group works: a member pulled to BACKUP pulls the others
+    a.receive_advertisement(adv(200), src=PEER, now=1.0)
+    assert a.state is VrrpState.BACKUP
+    assert [e.group for e in rebuilt.pop_events()] == ["G"]
