@@ -4,7 +4,6 @@ real servers, and `python -m hactl status / ipvs -Ln / drain --wait / enable` as
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import socket
@@ -12,75 +11,17 @@ import stat
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
-VIP = ("127.0.0.100", 8080)
-SERVERS = [("127.0.0.11", 8081, "web1"), ("127.0.0.12", 8081, "web2"),
-           ("127.0.0.13", 8081, "web3")]
+from tests.integration.demo_support import REPO, SERVERS, VIP
+from tests.integration.demo_support import env as _env
+from tests.integration.demo_support import events as _events
+from tests.integration.demo_support import get as _get
+from tests.integration.demo_support import hactl as _hactl
 
 pytestmark = pytest.mark.timeout(90)
-
-
-def _busy(host: str, port: int) -> bool:
-    with socket.socket() as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind((host, port))
-        except OSError:
-            return True
-    return False
-
-
-def _get(host: str, port: int) -> str:
-    with socket.create_connection((host, port), timeout=5) as s:
-        s.sendall(b"GET / HTTP/1.0\r\n\r\n")
-        data = b""
-        while chunk := s.recv(4096):
-            data += chunk
-    return data.split(b"\r\n\r\n", 1)[1].decode().strip()
-
-
-def _env(**extra: str) -> dict[str, str]:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
-    env.pop("HACTL_API", None)
-    env.update(extra)
-    return env
-
-
-def _events(log: Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in log.read_text().splitlines() if line.startswith("{")]
-
-
-def _hactl(*args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "hactl", *args], cwd=REPO, env=_env(),
-                          capture_output=True, text=True, timeout=timeout, check=False)
-
-
-@pytest.fixture
-def demo_servers() -> Iterator[subprocess.Popen[bytes]]:
-    taken = [f"{h}:{p}" for h, p in [*[(h, p) for h, p, _ in SERVERS], VIP] if _busy(h, p)]
-    if taken:
-        pytest.skip(f"demo addresses in use (another demo running?): {', '.join(taken)}")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "hactl.testing.demo_servers",
-         *[f"{h}:{p}={n}" for h, p, n in SERVERS]],
-        cwd=REPO, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    try:
-        assert proc.stdout is not None
-        for _ in SERVERS:
-            assert b"listening" in proc.stdout.readline()
-        yield proc
-    finally:
-        proc.terminate()
-        proc.wait(5)
-        if proc.stdout is not None:
-            proc.stdout.close()
 
 
 class NotifyListener:

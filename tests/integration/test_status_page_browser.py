@@ -25,18 +25,11 @@ from pathlib import Path
 import pytest
 
 from tests.integration.cdp import Page, chromium_path, launch_chromium, open_page
-from tests.integration.test_operations_cli import (
-    REPO,
-    SERVERS,
-    VIP,
-    _env,
-    _events,
-    _get,
-    _hactl,
-    demo_servers,
-)
-
-__all__ = ["demo_servers"]  # the fixture, used by name
+from tests.integration.demo_support import REPO, SERVERS, VIP
+from tests.integration.demo_support import env as _env
+from tests.integration.demo_support import events as _events
+from tests.integration.demo_support import get as _get
+from tests.integration.demo_support import hactl as _hactl
 
 CHROMIUM = chromium_path()
 
