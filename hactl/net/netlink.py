@@ -31,6 +31,11 @@ _IDEMPOTENT_DEL = {errno.EADDRNOTAVAIL, errno.ENOENT, errno.ESRCH}
 _FAMILY = {4: 2, 6: 10}  # AF_INET, AF_INET6
 
 
+def _undecodable(op: str, err: Exception) -> KernelError:
+    """A reply the netlink library failed to decode, as a kernel error callers already handle."""
+    return KernelError(op, errno.EBADMSG, f"{op}: undecodable netlink reply ({err!r})")
+
+
 class NetlinkAddressPort:
     """rtnetlink adapter; optionally bound to a network namespace by name."""
 
@@ -60,6 +65,8 @@ class NetlinkAddressPort:
             found = await ipr.link_lookup(ifname=interface)
         except NetlinkError as err:
             raise KernelError("link_lookup", err.code, str(err)) from None
+        except Exception as err:  # pyroute2 could not decode a link message
+            raise _undecodable("link_lookup", err) from None
         if not found:
             raise LinkNotFound("link_lookup", errno.ENODEV, f"no link named {interface}")
         self._index[interface] = int(found[0])
@@ -119,6 +126,8 @@ class NetlinkAddressPort:
             links = await ipr.link("get", index=index)
         except NetlinkError as err:
             raise KernelError("link_get", err.code, str(err)) from None
+        except Exception as err:  # pyroute2 could not decode a link message
+            raise _undecodable("link_get", err) from None
         for link in links:
             return link
         return None

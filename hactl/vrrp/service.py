@@ -721,7 +721,9 @@ class VrrpService:
         for name in self._tracked_links():
             try:
                 up = await self._addresses.link_is_up(name)
-            except KernelError:
+            except KernelError as err:
+                if err.errno == errno.EBADMSG:
+                    continue  # an undecodable reply says nothing: keep the last known state
                 up = False  # a missing link is a down link
             for router in self.routers.values():
                 if (TrackKind.INTERFACE, name) in router.tracks():

@@ -130,6 +130,7 @@ def segment(
 
 
 _NETLINK: dict[str, Any] = {}
+_LINK_INDEX: dict[tuple[str, str], int] = {}
 
 
 def addresses(netns: str, dev: str = "eth0") -> set[str]:
@@ -148,22 +149,38 @@ def addresses(netns: str, dev: str = "eth0") -> set[str]:
     except RuntimeError:
         pass
     else:
-        out = ip("-n", netns, "-o", "addr", "show", "dev", dev, check=False).stdout
-        return {
-            parts[3].split("/")[0]
-            for parts in (line.split() for line in out.splitlines())
-            if len(parts) > 3 and parts[2] in ("inet", "inet6")
-        }
-    ipr = _NETLINK.get(netns)
-    if ipr is None:
-        ipr = _NETLINK[netns] = IPRoute(netns=netns)
-    found = ipr.link_lookup(ifname=dev)
-    if not found:
-        return set()
-    return {str(m.get("address")) for m in ipr.addr("dump", index=found[0])}
+        return _addresses_by_ip(netns, dev)
+    index = _LINK_INDEX.get((netns, dev))
+    if index is None:
+        # The index is stable for the namespace's life: ask `ip` once, so the polling path
+        # only ever parses address messages (a link dump can carry attributes that the
+        # installed pyroute2 fails to decode).
+        out = ip("-n", netns, "-o", "link", "show", "dev", dev, check=False).stdout
+        if not out.strip():
+            return set()
+        index = _LINK_INDEX[(netns, dev)] = int(out.split(":", 1)[0])
+    try:
+        ipr = _NETLINK.get(netns)
+        if ipr is None:
+            ipr = _NETLINK[netns] = IPRoute(netns=netns)
+        return {str(m.get("address")) for m in ipr.addr("dump", index=index)}
+    except Exception:  # a decoding failure must not fail the test: ask `ip`
+        _close_netlink(netns)
+        return _addresses_by_ip(netns, dev)
+
+
+def _addresses_by_ip(netns: str, dev: str) -> set[str]:
+    out = ip("-n", netns, "-o", "addr", "show", "dev", dev, check=False).stdout
+    return {
+        parts[3].split("/")[0]
+        for parts in (line.split() for line in out.splitlines())
+        if len(parts) > 3 and parts[2] in ("inet", "inet6")
+    }
 
 
 def _close_netlink(netns: str) -> None:
+    for key in [key for key in _LINK_INDEX if key[0] == netns]:
+        del _LINK_INDEX[key]
     ipr = _NETLINK.pop(netns, None)
     if ipr is not None:
         ipr.close()

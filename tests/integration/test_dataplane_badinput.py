@@ -13,6 +13,7 @@ import resource
 import socket
 import struct
 import sys
+from asyncio.subprocess import PIPE
 
 import pytest
 from structlog.testing import capture_logs
@@ -253,35 +254,35 @@ async def test_close_releases_every_descriptor() -> None:
 
 async def test_descriptor_exhaustion_is_counted_and_recovers() -> None:
     # The real server and the clients live in a child process (with the normal limit); this
-    # process, which runs the data plane, gets a descriptor limit just above what it uses.
+    # process, which runs the data plane, gets a descriptor limit at its lowest free descriptor
+    # number, so the next accept() is refused with EMFILE whatever else is open.
     bport = free_port()
     plane, vport = await _plane("engine", [bport])
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     script = (
-        "import socket, time\n"
+        "import socket, sys, time\n"
         "srv = socket.socket()\n"
         "srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n"
         f"srv.bind(('127.0.0.1', {bport}))\n"
         "srv.listen(100)\n"  # never accepts: the kernel completes the proxy's connects
+        "sys.stdin.readline()\n"  # wait until the parent's limit is in place
         "held = []\n"
         "for _ in range(12):\n"
         f"    held.append(socket.create_connection(('127.0.0.1', {vport}), timeout=2))\n"
         "time.sleep(1.0)\n"
     )
-    child = None
+    child = await asyncio.create_subprocess_exec(sys.executable, "-c", script, stdin=PIPE)
+    assert child.stdin is not None
     try:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (_fd_count() + 8, hard))
-        child = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-c",
-            script,
-            preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard)),
-        )
+        lowest_free = os.dup(0)
+        os.close(lowest_free)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (lowest_free, hard))
+        child.stdin.write(b"go\n")  # the pipe exists already: no new descriptor
         await until(lambda: plane.stats().outcomes["accept_failed"] > 0)
     finally:
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
-        if child is not None:
-            assert await child.wait() == 0
+        child.stdin.close()
+        assert await child.wait() == 0
     clients = Clients()
     a = await NamedServer("a", bport).start()
     try:
