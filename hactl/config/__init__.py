@@ -197,7 +197,11 @@ def _finish(result: _syntax.SyntaxResult, *, tcp_keepalive_time: float) -> Loade
             errors.append(ConfigSyntaxError(diag.message, diag.pos, code=diag.code, hint=diag.hint))
         else:
             warnings.append(diag)
-    built = _build.build(result.stmts)
+    # The statements are handed over, so that build frees them as it goes (the callers
+    # keep no reference to `result`).
+    nodes = list(result.nodes)
+    del result
+    built = _build.build(nodes, consume=True)
     errors.extend(built.errors)
     warnings.extend(built.warnings)
     # Cross-object rules run on the partial model too, so one run reports everything; the
@@ -233,8 +237,9 @@ def load(
         OSError: the top-level file cannot be read.
     """
     with _gc_paused():
-        result = _syntax.parse_file(path, config_id=config_id)
-        return _finish(result, tcp_keepalive_time=tcp_keepalive_time)
+        return _finish(
+            _syntax.parse_file(path, config_id=config_id), tcp_keepalive_time=tcp_keepalive_time
+        )
 
 
 def parse_text(
@@ -248,5 +253,7 @@ def parse_text(
     """Parse configuration text; `path` names it in diagnostics, includes resolve from
     `base_dir` (default: the current directory). Same results and errors as `load`."""
     with _gc_paused():
-        result = _syntax.parse_text(text, path=path, config_id=config_id, base_dir=base_dir)
-        return _finish(result, tcp_keepalive_time=tcp_keepalive_time)
+        return _finish(
+            _syntax.parse_text(text, path=path, config_id=config_id, base_dir=base_dir),
+            tcp_keepalive_time=tcp_keepalive_time,
+        )

@@ -212,6 +212,7 @@ _INLINE: dict[str, Callable[[Any], str]] = {
     "flush_on_stop": lambda v: "" if v is kw.FlushOnStop.ALL else v.value,
     "sync_auth_key": quote,
     "sysctl": str,
+    "use_vmac": lambda v: " ".join(quote(w) for w in v),
 }
 # Custom spec name -> (value -> lines of the block) for list blocks.
 _LISTS: dict[str, Callable[[Any], str]] = {

@@ -645,7 +645,7 @@ _AUTHENTICATION = _block(
 
 _VRRP_INSTANCE = _block(
     "vrrp_instance",
-    _ni("use_vmac", Raw(0, 2)),
+    Kw("use_vmac", Custom("use_vmac")),
     _ni("use_vmac_addr", FLAG),
     _ni("vmac_xmit_base", FLAG),
     _ni("use_ipvlan", Raw(0, 3)),

@@ -149,6 +149,8 @@ class Forwarding:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class SmtpServer:
+    """`smtp_server ADDRESS [PORT]` in global_defs."""
+
     host: str
     port: int = kw.DEFAULT_SMTP_PORT
     pos: SourcePos = field(default=NOPOS, compare=False, repr=False)
@@ -187,6 +189,8 @@ class LvsTimeouts:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class GlobalDefs:
+    """The `global_defs` block (several blocks merge, as in keepalived)."""
+
     router_id: str | None = None  # None: the local host name
     notification_email: tuple[str, ...] = ()
     notification_email_from: str | None = None
@@ -298,6 +302,8 @@ class Rule:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class VrrpScript:
+    """A `vrrp_script NAME { ... }` block."""
+
     name: str
     script: str = ""
     interval: float = kw.DEFAULT_SCRIPT_INTERVAL
@@ -365,6 +371,8 @@ class TrackRef:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class UnicastPeer:
+    """One address of `unicast_peer { ... }`, with its optional TTL bounds."""
+
     address: IPAddress
     min_ttl: int | None = None
     max_ttl: int | None = None
@@ -373,6 +381,8 @@ class UnicastPeer:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Authentication:
+    """The `authentication { auth_type ...; auth_pass ... }` block of an instance."""
+
     auth_type: AuthType | None = None
     auth_pass: str | None = None
     pos: SourcePos = field(default=NOPOS, compare=False, repr=False)
@@ -380,6 +390,8 @@ class Authentication:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class SyncGroup:
+    """A `vrrp_sync_group NAME { ... }` block."""
+
     name: str
     group: tuple[str, ...] = ()
     track_interface: tuple[TrackInterface, ...] = ()
@@ -439,6 +451,8 @@ class VrrpInstance:
     preempt_delay: float = kw.DEFAULT_PREEMPT_DELAY
     accept: bool = False
     no_accept: bool = False
+    # `use_vmac [NAME [MAC]]`: None off, () keepalived's defaults (vrrp.<VRID>, RFC MAC)
+    use_vmac: tuple[str, ...] | None = None
     down_timer_adverts: int = kw.DEFAULT_DOWN_TIMER_ADVERTS
     garp_master_delay: float = kw.DEFAULT_GARP_MASTER_DELAY
     garp_master_repeat: int = kw.DEFAULT_GARP_MASTER_REPEAT
@@ -472,6 +486,8 @@ class VrrpInstance:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Url:
+    """A `url { ... }` block of HTTP_GET / SSL_GET."""
+
     path: str = "/"
     digest: str | None = None
     status_codes: tuple[tuple[int, int], ...] = kw.DEFAULT_STATUS_CODES
@@ -487,6 +503,8 @@ class Url:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class BasicAuth:
+    """HTTP basic authentication of a `url` block (user and password)."""
+
     user: str
     password: str
     pos: SourcePos = field(default=NOPOS, compare=False, repr=False)
@@ -511,6 +529,8 @@ class _CheckBase:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class _Timing(_CheckBase):
+    """Fields of the checkers that poll on a timer: retries, delays, rise."""
+
     retry: int = kw.DEFAULT_RETRY_OTHER
     delay_before_retry: float = kw.DEFAULT_DELAY_BEFORE_RETRY_OTHER
     warmup: float | None = None  # None: a random delay up to delay_loop
@@ -521,6 +541,8 @@ class _Timing(_CheckBase):
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class _Connection(_Timing):
+    """Fields of the checkers that connect to the real server (or `connect_ip`)."""
+
     connect_ip: IPAddress | None = None  # None: the real server's address
     connect_port: int | None = None  # None: the real server's port
     bindto: IPAddress | None = None
@@ -532,11 +554,15 @@ class _Connection(_Timing):
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class TcpCheck(_Connection):
+    """A `TCP_CHECK { ... }` block."""
+
     kind: CheckerKind = field(default=CheckerKind.TCP_CHECK, init=False)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class HttpGet(_Connection):
+    """An `HTTP_GET { ... }` block."""
+
     kind: CheckerKind = field(default=CheckerKind.HTTP_GET, init=False)
     delay_before_retry: float = kw.DEFAULT_DELAY_BEFORE_RETRY[CheckerKind.HTTP_GET]
     virtualhost: str | None = None
@@ -547,12 +573,16 @@ class HttpGet(_Connection):
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class SslGet(HttpGet):
+    """An `SSL_GET { ... }` block."""
+
     kind: CheckerKind = field(default=CheckerKind.SSL_GET, init=False)
     enable_sni: bool = False
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class MiscCheck(_Timing):
+    """A `MISC_CHECK { ... }` block: a script run as the check."""
+
     kind: CheckerKind = field(default=CheckerKind.MISC_CHECK, init=False)
     retry: int = kw.DEFAULT_RETRY[CheckerKind.MISC_CHECK]
     misc_path: str = ""
@@ -563,12 +593,16 @@ class MiscCheck(_Timing):
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class SmtpCheck(_Connection):
+    """An `SMTP_CHECK { ... }` block."""
+
     kind: CheckerKind = field(default=CheckerKind.SMTP_CHECK, init=False)
     helo_name: str | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class DnsCheck(_Connection):
+    """A `DNS_CHECK { ... }` block."""
+
     kind: CheckerKind = field(default=CheckerKind.DNS_CHECK, init=False)
     retry: int = kw.DEFAULT_RETRY[CheckerKind.DNS_CHECK]
     type: DnsType = kw.DEFAULT_DNS_TYPE
@@ -577,6 +611,8 @@ class DnsCheck(_Connection):
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class UdpCheck(_Connection):
+    """A `UDP_CHECK { ... }` block."""
+
     kind: CheckerKind = field(default=CheckerKind.UDP_CHECK, init=False)
     payload: bytes | None = None  # None: a random payload
     require_reply: bool = False
@@ -587,11 +623,15 @@ class UdpCheck(_Connection):
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class PingCheck(_Connection):
+    """A `PING_CHECK { ... }` block."""
+
     kind: CheckerKind = field(default=CheckerKind.PING_CHECK, init=False)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class FileCheck(_CheckBase):
+    """A `FILE_CHECK { ... }` block: the state of a `track_file`."""
+
     kind: CheckerKind = field(default=CheckerKind.FILE_CHECK, init=False)
     track_file: str = ""
     weight: int = kw.DEFAULT_TRACK_FILE_WEIGHT
@@ -601,6 +641,8 @@ class FileCheck(_CheckBase):
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class BfdCheck(_CheckBase):
+    """A `BFD_CHECK { ... }` block."""
+
     kind: CheckerKind = field(default=CheckerKind.BFD_CHECK, init=False)
     name: str = ""
     alpha: bool = False
@@ -676,6 +718,8 @@ class RealServer:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class SorryServer:
+    """`sorry_server IP [PORT]` of a virtual server."""
+
     address: IPAddress
     port: int | None = None
     pos: SourcePos = field(default=NOPOS, compare=False, repr=False)
@@ -699,6 +743,8 @@ class VsgMember:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class VirtualServerGroup:
+    """A `virtual_server_group NAME { ... }` block."""
+
     name: str
     members: tuple[VsgMember, ...] = ()
     pos: SourcePos = field(default=NOPOS, compare=False, repr=False)
@@ -797,6 +843,8 @@ def vs_key(
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Config:
+    """A whole configuration: every top-level block, includes resolved."""
+
     global_defs: GlobalDefs = field(default_factory=GlobalDefs)
     ssl: SslConfig | None = None
     static_ipaddress: tuple[VirtualIpAddress, ...] = ()

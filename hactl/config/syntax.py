@@ -2,15 +2,18 @@
 
 A keepalived configuration is a sequence of statements `keyword arg... [{ statement... }]`.
 This module owns the lexical features (comments, quoting, include, @conditionals,
-$VARIABLES, ~SEQ, line continuation) and produces `Stmt` trees whose every `Word` keeps its
-own `SourcePos`. It knows no keyword: meaning is `build.py`'s job.
+$VARIABLES, ~SEQ, line continuation) and produces the statement tree, in two forms: `Stmt`
+trees whose every `Word` keeps its own `SourcePos`, and the compact `Node`s `build.py`
+reads, whose words are plain strings with positions worked out on demand. It knows no
+keyword: meaning is `build.py`'s job.
 
 Pipeline: `preprocess.py` (keepalived's line-level pass) -> the word tokenizer here ->
 brace balancing (so that one missing `}` is reported once, at the keyword whose block it
 leaves open) -> the LALR(1) tables lark builds from `grammar.lark`, whose reductions make
 the `Stmt`s. A file whose braces are in order (nearly every file) takes a one-pass fast path
-(`_scan`) that gives the same tokens as the tokenizer and brace balancing, which handle the
-rest (test_fast_path checks the two agree).
+(`_scan`) that tokenizes, matches braces and nests at once, into the tree the grammar gives
+such a file; the other steps handle the rest, with their diagnostics and recovery
+(test_fast_path checks that both paths give the same statements, model and diagnostics).
 
 Invariants:
 * `parse_text` / `parse_file` never raise for any user input; every problem is a
@@ -28,28 +31,30 @@ from __future__ import annotations
 import gc
 import re
 import socket
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-from lark import Lark
-from lark.common import LexerConf
-from lark.lexer import Lexer
-from lark.parsers.lalr_analysis import Shift
+from typing import Any, NamedTuple
 
 from hactl.config.preprocess import Line, PlainRun, decode_config_bytes, preprocess_runs
 from hactl.errors import Diagnostic, Severity, SourcePos
 
 __all__ = [
     "MAX_DEPTH",
+    "Node",
     "Stmt",
     "SyntaxResult",
     "Word",
     "default_config_id",
+    "keyword_pos",
+    "node_pos",
+    "node_stmt",
+    "node_words",
     "parse_file",
     "parse_text",
     "split_command",
+    "stmt_node",
 ]
 
 # keepalived's deepest real nesting is about five levels (virtual_server > real_server >
@@ -80,12 +85,17 @@ class Stmt:
 class SyntaxResult:
     """The statements of a configuration and the problems found reading them.
 
-    `diagnostics` are sorted by position; when any is an error, `stmts` is the best
+    `diagnostics` are sorted by position; when any is an error, `nodes` is the best
     recovery (still a well-formed tree), good enough to report later problems from.
     """
 
-    stmts: tuple[Stmt, ...]
+    nodes: tuple[Node, ...]
     diagnostics: tuple[Diagnostic, ...]
+
+    @property
+    def stmts(self) -> tuple[Stmt, ...]:
+        """The statements as a `Stmt` tree (made on each call; `build` reads `nodes`)."""
+        return tuple(node_stmt(node) for node in self.nodes)
 
     @property
     def has_errors(self) -> bool:
@@ -99,7 +109,7 @@ def default_config_id() -> str:
 
 # --------------------------------------------------------------------------- fast construction
 
-# A large file makes a million positions, words and statements. A frozen dataclass's
+# The general path makes a position, a word and a statement per token. A frozen dataclass's
 # generated __init__ sets each field through object.__setattr__, which costs about twice as
 # much as setting the slots directly; these helpers build the very same objects that way
 # (same class, every field set; test_syntax checks the field lists still match). A
@@ -261,178 +271,245 @@ def _tokenize(lines: list[Line], diagnostics: list[Diagnostic]) -> list[_Item]:
     return items
 
 
+# --------------------------------------------------------------------------- compact form
+
+
+class Node(NamedTuple):
+    """A statement in the compact form the model is built from (`build.py`).
+
+    A large file has hundreds of thousands of statements, and the model needs only the
+    positions of its blocks and of the keywords a diagnostic or `keyword_pos` names. So the
+    words are plain strings and their positions are worked out when asked for
+    (`node_words`), from `src`: the physical line a plain statement was read from (a line
+    with no preprocessing to do, holding one statement and at most its trailing '{'), or the
+    statement's `Word`s otherwise. `pos` is kept for a block (its position runs to its '}'),
+    and is None for a leaf read from a plain line (`node_pos` computes it).
+    """
+
+    keyword: str
+    args: tuple[str, ...]
+    block: tuple[Node, ...] | None
+    line: int
+    src: str | tuple[Word, ...]
+    path: str
+    pos: SourcePos | None
+
+
+_PLAIN_WORD = re.compile(r"[^ \t\f\v\r\n{}]+")
+
+
+def node_words(node: Node) -> tuple[Word, ...]:
+    """The statement's words, with their positions."""
+    src = node.src
+    if type(src) is tuple:
+        return src
+    assert isinstance(src, str)
+    path, line = node.path, node.line
+    words: list[Word] = []
+    count = 1 + len(node.args)
+    # A plain line's words are its first runs of non-blanks, braces excluded.
+    for m in _PLAIN_WORD.finditer(src):
+        start, end = m.span()
+        words.append(_word(m.group(), _pos(path, line, start + 1, line, end + 1), False))
+        if len(words) == count:
+            break
+    return tuple(words)
+
+
+def keyword_pos(node: Node) -> SourcePos:
+    """Where the statement's keyword is."""
+    src = node.src
+    if type(src) is tuple:
+        return src[0].pos
+    assert isinstance(src, str)
+    # The keyword is the line's first word: its first occurrence (blanks precede it).
+    col = src.find(node.keyword) + 1
+    return _new_tuple(SourcePos, (node.path, node.line, col, node.line, col + len(node.keyword)))
+
+
+def node_pos(node: Node) -> SourcePos:
+    """The statement's position: from its keyword to its last word, or to its '}'."""
+    pos = node.pos
+    if pos is not None:
+        return pos
+    src = node.src
+    if type(src) is str:
+        # A leaf on a plain line runs from the line's first word to the end of its last.
+        column = src.find(node.keyword) + 1
+        line = node.line
+        return _new_tuple(SourcePos, (node.path, line, column, line, len(src.rstrip()) + 1))
+    assert isinstance(src, tuple)
+    return _leaf_pos(src)
+
+
+def node_stmt(node: Node) -> Stmt:
+    """The `Stmt` tree of a node, every word with its position."""
+    words = node_words(node)
+    block = None if node.block is None else tuple(node_stmt(child) for child in node.block)
+    return _stmt(words[0], words[1:], block, node_pos(node))
+
+
+def stmt_node(stmt: Stmt) -> Node:
+    """The node of a `Stmt` tree (the reference path, and `build` given statements)."""
+    keyword = stmt.keyword
+    block = None if stmt.block is None else tuple(stmt_node(child) for child in stmt.block)
+    return _new_tuple(
+        Node,
+        (
+            keyword.text,
+            tuple(w.text for w in stmt.args),
+            block,
+            keyword.pos.line,
+            (keyword, *stmt.args),
+            keyword.pos.path,
+            stmt.pos,
+        ),
+    )
+
+
+def _word_node(words: tuple[Word, ...]) -> Node:
+    """The leaf node of a tokenizer run."""
+    kp = words[0].pos
+    texts = tuple(w.text for w in words)
+    return _new_tuple(Node, (texts[0], texts[1:], None, kp.line, words, kp.path, None))
+
+
+def _closed(opening: Node, block: list[Node], close: SourcePos | None) -> Node:
+    """The node of a block: `opening` (a leaf so far) with its statements, through its '}'."""
+    words = node_words(opening)
+    pos = _block_pos(words, close)
+    return _new_tuple(
+        Node,
+        (opening.keyword, opening.args, tuple(block), opening.line, words, opening.path, pos),
+    )
+
+
 # --------------------------------------------------------------------------- fast path
 
-_WORDS_AND_BRACES = re.compile(r"[{}]|[^ \t\f\v\r\n{}]+").findall
 
+def _scan(chunks: list[Line | PlainRun], diagnostics: list[Diagnostic]) -> list[Node] | None:
+    """Tokenize, match braces and nest in one pass, for a file whose braces are all in order.
 
-def _scan(chunks: list[Line | PlainRun], diagnostics: list[Diagnostic]) -> list[_Tok] | None:
-    """Tokenize and match braces in one pass, for a file whose braces are all in order.
-
-    Gives the very tokens `_tokenize` + `_balance` give, or None as soon as anything needs
-    their error handling (a stray or missing brace, nesting beyond MAX_DEPTH, include after
-    a brace); the caller then runs them. Most files are in order, and this pass reads the
-    lines of a `PlainRun` straight from the file's text, without an intermediate item per
-    word or per line, and makes the `Stmt` of a plain statement at once from the positions
-    it has at hand. `diagnostics` receives the tokenizer's own findings (quotes,
-    continuation).
+    Gives the statements `_tokenize` + `_balance` + the parser give (as nodes), or None as
+    soon as anything needs their error handling (a stray or missing brace, nesting beyond
+    MAX_DEPTH, include after a brace); the caller then runs them. Most files are in order:
+    this pass reads the lines of a `PlainRun` straight from the file's text, and a line that
+    is one statement (the common case) becomes one node, its words plain strings.
+    `diagnostics` receives the tokenizer's own findings (quotes, continuation).
     """
-    tokens: list[_Tok] = []
-    append = tokens.append
-    depth = 0
-    last_is_stmt = False  # tokens[-1] is a STMT: a '{' now opens its block
-    new = _new
+    top: list[Node] = []
+    children = top  # of the innermost open block
+    stack: list[tuple[Node, list[Node]]] = []  # open blocks: (opening statement, parent's)
+    last_is_leaf = False  # children[-1] is a leaf: a '{' now opens its block
     new_tuple = _new_tuple
-    set_text, set_word_pos, set_quoted = _set_text, _set_word_pos, _set_quoted
-    set_keyword, set_args, set_block, set_stmt_pos = (
-        _set_keyword,
-        _set_args,
-        _set_block,
-        _set_stmt_pos,
-    )
-    split = _WORDS_AND_BRACES
+    include_words = _INCLUDE_WORDS
+    intern = sys.intern
+    path = ""
+    lines: list[str] | None = None
+    rows: range = range(1)
     for chunk in chunks:
-        if not isinstance(chunk, PlainRun):
-            # A preprocessed line (comments, quotes, substitutions...): the general tokenizer.
-            for kind, payload, where in _tokenize([chunk], diagnostics):
-                if kind == 0:
-                    if payload[0].text in _INCLUDE_WORDS:
-                        return None  # an error for `_match`
-                    append(("STMT", _leaf(payload)))
-                    last_is_stmt = True
-                elif kind == _LBRACE:
-                    if not last_is_stmt or depth >= MAX_DEPTH:
-                        return None
-                    tokens[-1] = ("OPEN", _words_of(tokens[-1][1]))
-                    depth += 1
-                    last_is_stmt = False
-                else:
-                    if not depth:
-                        return None
-                    depth -= 1
-                    append(("CLOSE", where))
-                    last_is_stmt = False
-            continue
-        path, lines, first, stop = chunk
-        for index in range(first, stop):
-            raw = lines[index]
-            body = raw.strip(" \t\r")
-            if not body:
-                continue
-            line = index + 1
-            base = raw.index(body[0]) + 1
-            if body == "}":  # a third of the lines of a large file: kept short
-                if not depth:
-                    return None
-                depth -= 1
-                append(("CLOSE", new_tuple(SourcePos, (path, line, base, line, base + 1))))
-                last_is_stmt = False
-                continue
-            # Nearly every other line is one statement, ending or not in the '{' of its block:
-            # read without the per-word brace tests of the general loop below.
-            opens = body[-1] == "{"
-            core = body[:-1] if opens else body
-            if "{" not in core and "}" not in core:
-                found = split(core)
-                if found:
-                    text = found[0]
-                    if text in _INCLUDE_WORDS:
-                        return None  # an error for `_match`
-                    offset = core.find(text)
-                    at = offset + len(text)
-                    start = base + offset
-                    end = base + at
-                    head = new(Word)
-                    set_text(head, text)
-                    set_word_pos(head, new_tuple(SourcePos, (path, line, start, line, end)))
-                    set_quoted(head, False)
-                    rest: list[Word] = []
-                    for text in found[1:]:
-                        offset = core.find(text, at)
-                        at = offset + len(text)
-                        col = base + offset
-                        end = base + at
-                        word = new(Word)
-                        set_text(word, text)
-                        set_word_pos(word, new_tuple(SourcePos, (path, line, col, line, end)))
-                        set_quoted(word, False)
-                        rest.append(word)
-                    if opens:
-                        if depth >= MAX_DEPTH:
-                            return None
-                        append(("OPEN", (head, *rest)))
-                        depth += 1
-                        last_is_stmt = False
-                    else:
-                        stmt = new(Stmt)
-                        set_keyword(stmt, head)
-                        set_args(stmt, tuple(rest))
-                        set_block(stmt, None)
-                        set_stmt_pos(stmt, new_tuple(SourcePos, (path, line, start, line, end)))
-                        append(("STMT", stmt))
-                        last_is_stmt = True
+        if type(chunk) is PlainRun:
+            path, lines, first, stop = chunk
+            rows = range(first, stop)
+        else:
+            lines = None
+            rows = range(1)
+        for index in rows:
+            line_item: Line
+            if lines is None:
+                assert isinstance(chunk, Line)
+                line_item = chunk
+            else:
+                raw = lines[index]
+                # A plain line holds no quote, comment or blank but " \t\f\v\r" (see
+                # preprocess), so str.split finds keepalived's words.
+                words = raw.split()
+                if not words:
                     continue
-            keyword: Word | None = None  # of the statement being read, with its `args`
-            args: list[Word] = []
-            start = end = 0  # its columns
-            at = 0
-            for text in split(body):
-                offset = body.find(text, at)
-                size = len(text)
-                at = offset + size
-                col = base + offset
-                pos = new_tuple(SourcePos, (path, line, col, line, col + size))
-                if text == "{":
-                    if keyword is not None:
-                        append(("OPEN", (keyword, *args)))
-                        keyword = None
-                    elif last_is_stmt:  # `keyword` on the line before
-                        tokens[-1] = ("OPEN", _words_of(tokens[-1][1]))
-                    else:
-                        return None
-                    if depth >= MAX_DEPTH:
-                        return None
-                    depth += 1
-                    last_is_stmt = False
-                elif text == "}":
-                    if keyword is not None:
-                        stmt = new(Stmt)
-                        set_keyword(stmt, keyword)
-                        set_args(stmt, tuple(args))
-                        set_block(stmt, None)
-                        set_stmt_pos(stmt, new_tuple(SourcePos, (path, line, start, line, end)))
-                        append(("STMT", stmt))
-                        keyword = None
-                    if not depth:
-                        return None
-                    depth -= 1
-                    append(("CLOSE", pos))
-                    last_is_stmt = False
+                if "}" in raw:
+                    if len(words) == 1 and words[0] == "}" and stack:
+                        # A third of the lines of a large file: kept short.
+                        opening, parent = stack.pop()
+                        src = opening.src
+                        if type(src) is str and opening.path == path:
+                            line = index + 1
+                            column = src.find(opening.keyword) + 1
+                            closing = raw.index("}") + 1
+                            node = new_tuple(
+                                Node,
+                                (
+                                    opening.keyword,
+                                    opening.args,
+                                    tuple(children),
+                                    opening.line,
+                                    src,
+                                    path,
+                                    new_tuple(
+                                        SourcePos, (path, opening.line, column, line, closing + 1)
+                                    ),
+                                ),
+                            )
+                        else:
+                            col = raw.index("}") + 1
+                            close_at = new_tuple(
+                                SourcePos, (path, index + 1, col, index + 1, col + 1)
+                            )
+                            node = _closed(opening, children, close_at)
+                        parent.append(node)
+                        children = parent
+                        last_is_leaf = False
+                        continue
                 else:
-                    word = new(Word)
-                    set_text(word, text)
-                    set_word_pos(word, pos)
-                    set_quoted(word, False)
-                    if keyword is None:
-                        if text in _INCLUDE_WORDS:
+                    # A statement, ending or not in the '{' of its block (alone or glued to
+                    # its last word); any other brace goes to the general tokenizer below.
+                    opens = "{" in raw
+                    plain = not opens
+                    if opens and raw.count("{") == 1 and words[-1][-1] == "{":
+                        last = words.pop()
+                        if len(last) > 1:
+                            words.append(last[:-1])
+                        plain = len(stack) < MAX_DEPTH
+                    if plain and words:
+                        # Interned: the keyword tables' own strings, one copy, quick lookups.
+                        keyword = intern(words[0])
+                        if keyword in include_words:
                             return None  # an error for `_match`
-                        keyword = word
-                        args = []
-                        start = col
-                    else:
-                        args.append(word)
-                    end = col + size
-            if keyword is not None:
-                stmt = new(Stmt)
-                set_keyword(stmt, keyword)
-                set_args(stmt, tuple(args))
-                set_block(stmt, None)
-                set_stmt_pos(stmt, new_tuple(SourcePos, (path, line, start, line, end)))
-                append(("STMT", stmt))
-                last_is_stmt = True
-    if depth:
+                        node = new_tuple(
+                            Node, (keyword, tuple(words[1:]), None, index + 1, raw, path, None)
+                        )
+                        if opens:
+                            stack.append((node, children))
+                            children = []
+                            last_is_leaf = False
+                        else:
+                            children.append(node)
+                            last_is_leaf = True
+                        continue
+                # Braces elsewhere in the line: the general tokenizer, for this line.
+                body = raw.strip(" \t\r")
+                line_item = Line(path, index + 1, body, raw.index(body[0]) + 1, None, False)
+            for kind, payload, where in _tokenize([line_item], diagnostics):
+                if kind == 0:
+                    if payload[0].text in include_words:
+                        return None  # an error for `_match`
+                    children.append(_word_node(payload))
+                    last_is_leaf = True
+                elif kind == _LBRACE:
+                    if not last_is_leaf or len(stack) >= MAX_DEPTH:
+                        return None
+                    stack.append((children.pop(), children))
+                    children = []
+                    last_is_leaf = False
+                else:
+                    if not stack:
+                        return None
+                    opening, parent = stack.pop()
+                    parent.append(_closed(opening, children, where))
+                    children = parent
+                    last_is_leaf = False
+    if stack:
         return None
-    return tokens
+    return top
 
 
 # --------------------------------------------------------------------------- braces
@@ -589,26 +666,28 @@ def _match(
 # --------------------------------------------------------------------------- parser
 
 
-class _PassThroughLexer(Lexer):
-    """Lark needs a lexer to build its tables; the tokens come from `_scan` / `_balance`."""
-
-    def __init__(self, lexer_conf: LexerConf) -> None:
-        pass
-
-    def lex(self, data: Any) -> Any:  # type: ignore[override]
-        return iter(data)
-
-
-def _leaf(words: tuple[Word, ...]) -> Stmt:
-    """The `Stmt` of a STMT token: from its keyword to the end of its last word."""
-    keyword = words[0]
-    kp = keyword.pos
+def _leaf_pos(words: tuple[Word, ...]) -> SourcePos:
+    """A leaf statement's position: from its keyword to the end of its last word."""
+    kp = words[0].pos
     last = words[-1].pos
     if last.path != kp.path:
         last = kp
-    return _stmt(
-        keyword, words[1:], None, _pos(kp.path, kp.line, kp.column, last.end_line, last.end_column)
-    )
+    return _pos(kp.path, kp.line, kp.column, last.end_line, last.end_column)
+
+
+def _block_pos(words: tuple[Word, ...], close: SourcePos | None) -> SourcePos:
+    """A block statement's position: through its '}' (when that is in the same file)."""
+    kp = words[0].pos
+    path = kp.path
+    last = close if close is not None and close.path == path else words[-1].pos
+    if last.path != path:
+        last = kp
+    return _pos(path, kp.line, kp.column, last.end_line, last.end_column)
+
+
+def _leaf(words: tuple[Word, ...]) -> Stmt:
+    """The `Stmt` of a STMT token."""
+    return _stmt(words[0], words[1:], None, _leaf_pos(words))
 
 
 def _words_of(stmt: Stmt) -> tuple[Word, ...]:
@@ -617,22 +696,8 @@ def _words_of(stmt: Stmt) -> tuple[Word, ...]:
 
 
 def _block(words: tuple[Word, ...], block: tuple[Stmt, ...], close: SourcePos | None) -> Stmt:
-    """The `Stmt` of OPEN ... CLOSE: through its '}' (when that is in the same file)."""
-    keyword = words[0]
-    kp = keyword.pos
-    path = kp.path
-    last = close if close is not None and close.path == path else words[-1].pos
-    if last.path != path:
-        last = kp
-    # _stmt(keyword, words[1:], block, _pos(...)), inlined: one per block of a large file.
-    stmt: Stmt = _new(Stmt)
-    _set_keyword(stmt, keyword)
-    _set_args(stmt, words[1:])
-    _set_block(stmt, block)
-    _set_stmt_pos(
-        stmt, _new_tuple(SourcePos, (path, kp.line, kp.column, last.end_line, last.end_column))
-    )
-    return stmt
+    """The `Stmt` of OPEN ... CLOSE."""
+    return _stmt(words[0], words[1:], block, _block_pos(words, close))
 
 
 # The reductions of grammar.lark, by (rule, right-hand side). Each works on the parser's
@@ -708,6 +773,22 @@ def _tables() -> _Tables:
     """
     global _TABLES
     if _TABLES is None:
+        # Imported here: only a file with a brace out of order needs the parser (`_scan`
+        # nests the others itself), and lark takes a good part of the start-up time.
+        from lark import Lark
+        from lark.common import LexerConf
+        from lark.lexer import Lexer
+        from lark.parsers.lalr_analysis import Shift
+
+        class _PassThroughLexer(Lexer):
+            """Lark needs a lexer to build its tables; the tokens come from `_balance`."""
+
+            def __init__(self, lexer_conf: LexerConf) -> None:
+                pass
+
+            def lex(self, data: Any) -> Any:  # type: ignore[override]
+                return iter(data)
+
         parser = Lark.open(
             "grammar.lark",
             rel_to=__file__,
@@ -841,8 +922,8 @@ def _parse_text(text: str, path: str, config_id: str | None, base_dir: Path | No
         text, path=path, config_id=cid, base_dir=base_dir, diagnostics=diagnostics
     )
     found: list[Diagnostic] = []
-    tokens = _scan(chunks, found)
-    if tokens is None:
+    nodes = _scan(chunks, found)
+    if nodes is None:
         # Some brace is out of order: the two-step path, which reports and recovers.
         lines: list[Line] = []
         for chunk in chunks:
@@ -852,12 +933,13 @@ def _parse_text(text: str, path: str, config_id: str | None, base_dir: Path | No
                 lines.append(chunk)
         items = _tokenize(lines, diagnostics)
         tokens = _balance(items, diagnostics)
+        stmts = _parse_tokens(tokens, diagnostics, path)
+        nodes = [stmt_node(stmt) for stmt in stmts]
     else:
         diagnostics.extend(found)
-    stmts = _parse_tokens(tokens, diagnostics, path)
     # A repeated line (~SEQ, a definition used twice) repeats its findings: report once.
     unique = sorted(dict.fromkeys(diagnostics), key=Diagnostic.sort_key)
-    return SyntaxResult(stmts, tuple(unique))
+    return SyntaxResult(tuple(nodes), tuple(unique))
 
 
 def parse_file(path: Path, *, config_id: str | None = None) -> SyntaxResult:
@@ -877,7 +959,7 @@ def parse_file(path: Path, *, config_id: str | None = None) -> SyntaxResult:
     if not diagnostics:
         return result
     merged = sorted(diagnostics + list(result.diagnostics), key=Diagnostic.sort_key)
-    return SyntaxResult(result.stmts, tuple(merged))
+    return SyntaxResult(result.nodes, tuple(merged))
 
 
 # --------------------------------------------------------------------------- scripts

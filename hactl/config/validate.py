@@ -264,7 +264,9 @@ def _virtual_servers(config: m.Config) -> Iterator[ConfigError]:
         yield from _service_flags(vs, by_name)
         seen_rs: dict[m.Key, m.RealServer] = {}
         for rs in vs.real_servers:
-            rs_key = rs.key
+            # rs.key without its first item, the service's key, the same for all of them
+            # (and costly to hash again: it holds an address).
+            rs_key = (rs.address, rs.port or 0)
             seen = seen_rs.get(rs_key)
             if seen is not None:
                 yield _err(

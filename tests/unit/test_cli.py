@@ -247,3 +247,70 @@ def test_python_dash_m_hactl(bad: Path) -> None:
     assert proc.returncode == 1
     assert f"{bad}:5:5: error:" in proc.stdout
     assert proc.stderr == ""
+
+
+@pytest.mark.parametrize(
+    ("command", "status", "stream", "needle"),
+    [
+        ("check", 0, "stdout", "0 errors"),
+        ("dump", 0, "stdout", '"virtual_servers"'),
+    ],
+)
+def test_program_check_and_dump_end_with_output_flushed(
+    good: Path, command: str, status: int, stream: str, needle: str
+) -> None:
+    # As a program these commands end with os._exit (no interpreter teardown): the whole
+    # output still reaches a pipe, and the status is the command's.
+    proc = subprocess.run(
+        [sys.executable, "-m", "hactl", command, "-f", str(good)],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
+    assert proc.returncode == status, proc.stderr
+    assert needle in getattr(proc, stream)
+    if command == "dump":
+        json.loads(proc.stdout)
+
+
+def test_program_check_ends_the_process_after_flushing(
+    bad: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    ended: list[int] = []
+
+    def fake_exit(code: int) -> None:
+        ended.append(code)
+
+    monkeypatch.setattr(cli.os, "_exit", fake_exit)
+    monkeypatch.setattr(sys, "argv", ["hactl", "check", "-f", str(bad)])
+    assert main() == 1  # the fake returns; the real one never does
+    assert ended == [1]
+    assert f"{bad}:5:5: error:" in capsys.readouterr().out
+
+
+def test_main_with_argv_returns_its_status(
+    good: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A caller that passes argv (tests, embedding) keeps its process.
+    monkeypatch.setattr(cli.os, "_exit", lambda code: pytest.fail("os._exit called"))
+    assert main(["check", "-f", str(good)]) == 0
+    assert main(["dump", "-f", str(good)]) == 0
+    capsys.readouterr()
+
+
+def test_config_commands_parse_without_the_operator_commands(good: Path) -> None:
+    for argv in (["check", "-f", str(good), "--format", "json"], ["dump", "-f", str(good)]):
+        full = vars(cli.build_parser().parse_args(argv))
+        lean = vars(cli.build_parser(operator_commands=False).parse_args(argv))
+        assert lean == full
+    # ... and so `check` does not import them (nor asyncio, which they pull in).
+    code = (
+        "import sys; from hactl import cli; "
+        f"status = cli.main(['check', '-f', {str(good)!r}]); "
+        "print(status, 'hactl.api.cli' in sys.modules, 'asyncio' in sys.modules)"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+    )
+    assert proc.stdout.splitlines()[-1] == "0 False False"

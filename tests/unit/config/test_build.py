@@ -346,7 +346,7 @@ global_defs {
 vrrp_instance VI_1 {
     interface eth0
     virtual_router_id 9
-    use_vmac vrrp.9
+    use_ipvlan ipvl.9
 }
 """
     loaded = config.parse_text(text)
@@ -361,7 +361,7 @@ vrrp_instance VI_1 {
         "vrrp_strict",
     ]
     raw = loaded.config.vrrp_instances[0].unimplemented[0]
-    assert (raw.keyword, raw.args) == ("use_vmac", ("vrrp.9",))
+    assert (raw.keyword, raw.args) == ("use_ipvlan", ("ipvl.9",))
 
 
 def test_deprecated_synonyms_warn_and_map_to_the_canonical_field() -> None:
@@ -497,8 +497,16 @@ def test_fast_makers_build_the_same_objects() -> None:
             made, expected = make(**kwargs), cls(**kwargs)
             assert type(made) is cls
             assert made == expected
+            assert hash(made) == hash(expected)
             assert repr(made) == repr(expected)
+            # Made from a mutable twin (build._twin), and frozen once made.
+            name = dataclasses.fields(cls)[0].name
+            with pytest.raises(dataclasses.FrozenInstanceError):
+                setattr(made, name, None)
+            with pytest.raises(AttributeError):
+                made.__dict__  # noqa: B018  (slotted, like the class's own objects)
             for f in dataclasses.fields(cls):
                 assert getattr(made, f.name) == getattr(expected, f.name), (cls, f.name)
         with pytest.raises(TypeError):
             make(no_such_field=1)
+        assert make.__globals__["_twin"] is not None, cls  # the fast way is taken
