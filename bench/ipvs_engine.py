@@ -5,7 +5,8 @@ Run: python bench/ipvs_engine.py [--conns N] [--decisions N]
 What is measured:
 
 * decisions/s: `IpvsEngine.receive_packet()` on a client SYN with no existing entry, for a
-  TCP service with 10 destinations (rr, then wlc). One decision = connection-table lookup
+  TCP service with 10 destinations of weights 1-3 (rr and wlc, the targets of issue 3, then
+  lc, sed, nq and wrr; `--scheds` picks). One decision = connection-table lookup
   (miss) + service lookup + scheduler call + creation of the entry (binding it to the
   destination, counters, statistics, state transition NONE -> SYN_RECV, timer arming) and
   the returned verdict. These SYNs take the engine's new-connection fast path (the
@@ -13,8 +14,8 @@ What is measured:
   test holds to the same results). The SYN packets (PacketInfo objects) are built before
   the clock starts, because the data plane builds them whatever the engine does; the time
   to build one is printed separately. Every decision creates a new entry: the table grows during
-  the run, as it does under a connection flood; the best of three runs is printed, each
-  with a calibration reading taken around it. Time is this thread's CPU time
+  the run, as it does under a connection flood; the best of `--repeat` runs is printed with
+  their median, each run with a calibration reading taken around it. Time is this thread's CPU time
   (`time.thread_time`), so the figure is per core even on a busy machine; the cyclic
   garbage collector is paused during the timed loop (its cost depends on everything else
   the process holds, not on the engine).
@@ -27,6 +28,11 @@ What is measured:
   created up front; each opens N/2000 connections, as real clients reuse an address) and
   the packet objects, which are freed after each call.
 
+Instruction counts, which unlike CPU time do not depend on the machine's load:
+`--count SCHED --decisions N` runs only the decision loop (no timing, no teardown); run it
+under `valgrind --tool=callgrind` with N and with 0 (N <= 10,000; both build the same 10,000
+packets) and divide the difference of the totals by N.
+
 Prints figures; this is not a test and has no pass/fail threshold.
 """
 
@@ -34,7 +40,9 @@ from __future__ import annotations
 
 import argparse
 import gc
+import os
 import random
+import statistics
 import sys
 import time
 import tracemalloc
@@ -159,6 +167,21 @@ def bench_memory(n: int, clients: list[IPv4Address]) -> float:
     return (after - before) / n
 
 
+def count_decisions(sched: str, n: int, clients: list[IPv4Address]) -> None:
+    """Make n decisions and leave at once, for an instruction counter (see the docstring)."""
+    engine = make_engine(sched)
+    pkts = packets(clients, 10_000)[:n]
+    gc.collect()
+    gc.disable()
+    receive = engine.receive_packet
+    now = 0.0
+    for pkt in pkts:
+        receive(pkt, now=now)
+        now += 0.000001
+    sys.stdout.flush()
+    os._exit(0)  # freeing the entries is not part of a decision
+
+
 def calibration_ns() -> float:
     """CPU time of one iteration of a trivial loop: compare figures across machines."""
     x = 0
@@ -172,23 +195,29 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--conns", type=int, default=1_000_000)
     parser.add_argument("--decisions", type=int, default=300_000)
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--scheds", default="rr,wlc,lc,sed,nq,wrr")
+    parser.add_argument("--count", metavar="SCHED", help="decision loop only (callgrind)")
     args = parser.parse_args()
     clients = [IPv4Address(0x0B000000 + i) for i in range(N_CLIENTS)]
+    if args.count:
+        count_decisions(args.count, min(args.decisions, 10_000), clients)
     print(f"python {sys.version.split()[0]}")
     print(f"calibration: {calibration_ns():.1f} ns per `x += i` loop iteration (CPU time)")
     build = bench_packet_build(args.decisions, clients)
     print(f"building one PacketInfo (excluded below): {build * 1e9:.0f} ns")
-    for sched in ("rr", "wlc"):
-        # Best of three runs, each with its own calibration reading (a shared machine's
+    for sched in args.scheds.split(","):
+        # Best of `--repeat` runs, each with its own calibration reading (a shared machine's
         # load changes the CPU time of everything, the calibration loop included).
         runs = []
-        for _ in range(3):
+        for _ in range(args.repeat):
             before = calibration_ns()
             rate = bench_decisions(sched, args.decisions, clients)
             runs.append((rate, (before + calibration_ns()) / 2))
         rate, calib = max(runs)
+        median = statistics.median(r for r, _ in runs)
         print(
-            f"{sched:>3}: {rate:,.0f} new-connection decisions/s "
+            f"{sched:>3}: {rate:,.0f} new-connection decisions/s, median {median:,.0f} "
             f"({1e6 / rate:.2f} us each = {1e9 / rate / calib:.0f} calibration "
             f"iterations at {calib:.0f} ns; 10 dests, {args.decisions:,} new entries)"
         )

@@ -84,7 +84,7 @@ from hactl.ipvs.model import (
     SyncConn,
     VirtualService,
 )
-from hactl.ipvs.schedulers import Scheduler, WeightedLeastConnection, make_scheduler
+from hactl.ipvs.schedulers import Scheduler, has_least_keys, least_keys, make_scheduler
 
 __all__ = [
     "Action",
@@ -177,6 +177,7 @@ class Action(enum.IntEnum):
 
 
 _FORWARD = Action.FORWARD  # a module global reads faster than an enum member
+_sub = operator.sub
 
 
 class Verdict(NamedTuple):
@@ -277,6 +278,10 @@ class Dest(_Stats):
     `overloaded` mirrors the OVERLOAD bit of `flags` as a plain attribute (schedulers read it
     for every destination of every decision; a property costs several times more). Only
     `_set_overload` changes that bit.
+
+    `lkeys` is its service's fast-path key list when the dest is one of its lc/wlc/sed/nq
+    candidates (else None): every change of activeconns / inactconns adds `lact` / `linact`
+    per connection to `lkeys[lpos]` (IpvsEngine._update_least_keys).
     """
 
     __slots__ = (
@@ -289,7 +294,11 @@ class Dest(_Stats):
         "idle_start",
         "inactconns",
         "l_threshold",
+        "lact",
         "last_weight",
+        "linact",
+        "lkeys",
+        "lpos",
         "overloaded",
         "persistconns",
         "port",
@@ -316,6 +325,10 @@ class Dest(_Stats):
         self.inactconns = 0
         self.persistconns = 0
         self.idle_start: float | None = None
+        self.lkeys: list[int] | None = None
+        self.lpos = 0
+        self.lact = 0
+        self.linact = 0
 
     def _set_overload(self, on: bool) -> None:
         """Set or clear IP_VS_DEST_F_OVERLOAD, keeping `overloaded` equal to it."""
@@ -353,11 +366,15 @@ class Service(_Stats):
 
     __slots__ = (
         "addr",
+        "dest_index",
         "dests",
         "family",
         "fwmark",
         "fwmark_addr",
         "key",
+        "ldests",
+        "lidle",
+        "lkeys",
         "mask",
         "netmask",
         "one_packet",
@@ -369,7 +386,6 @@ class Service(_Stats):
         "sched_name",
         "scheduler",
         "timeout",
-        "wlc_keys",
     )
 
     def __init__(self, key: ServiceKey) -> None:
@@ -383,12 +399,18 @@ class Service(_Stats):
         # A fwmark template's virtual address is the mark in the first 32-bit word (§4.2).
         self.fwmark_addr = key.fwmark if key.family == AF_INET else key.fwmark << 96
         self.dests: list[Dest] = []
+        # (addr, port) -> the Dest in `dests`: the kernel walks its list, but a service of
+        # 10,000 servers would make a table load quadratic here
+        self.dest_index: dict[tuple[IPAddress, int], Dest] = {}
         self.sched_name = ""
         self.sched_flags = 0
         self.scheduler: Scheduler[Any] | None = None
-        # wlc without thresholds: (dest, lcm of the weights // its weight) for every dest of
-        # positive weight, in list order (IpvsEngine._update_wlc_keys); otherwise None.
-        self.wlc_keys: list[tuple[Dest, int]] | None = None
+        # lc/wlc/sed/nq without thresholds (IpvsEngine._update_least_keys): the candidates,
+        # their keys kept up to date by the counter changes, and for nq the keys of idle
+        # candidates; otherwise None.
+        self.ldests: list[Dest] = []
+        self.lkeys: list[int] | None = None
+        self.lidle: list[int] | None = None
         self.persistent = False
         self.timeout = 0.0
         self.netmask = 32
@@ -406,10 +428,7 @@ class Service(_Stats):
         return flags
 
     def find_dest(self, addr: IPAddress, port: int) -> Dest | None:
-        for d in self.dests:
-            if d.port == port and d.addr == addr:
-                return d
-        return None
+        return self.dest_index.get((addr, port))
 
     def client_net(self, saddr: int) -> int:
         """The persistence granularity applied to a client address (§4.2)."""
@@ -439,7 +458,7 @@ class _Proto:
         # (vaddr, vport[, 6]) -> service, for the new-connection fast path (_refresh_fast).
         self.fast: dict[tuple[int, ...], Service] = {}
         # conn_flags -> the first input transition's result (IpvsEngine._first_input).
-        self.first: dict[int, tuple[int, int, float, bool]] = {}
+        self.first: dict[int, tuple[int, int, float, bool, FwdMethod]] = {}
         self.timeouts = [float(t) for t in timeouts]
         self.names = tuple(names)
         self.transition: Any = None
@@ -573,16 +592,21 @@ class IpvsEngine:
                 # and this packet passes the per-packet ones: a TCP SYN without RST or any
                 # UDP datagram, no fwmark, not from the FTP data port. The differential test
                 # holds both paths to the same verdicts, choices, counters and events.
-                wlc = svc.wlc_keys
-                if wlc is not None:
-                    # wlc, precomputed (see _update_wlc_keys): first least overhead * mult.
-                    dest = None
-                    least = 0
-                    for d, mult in wlc:
-                        oh = ((d.activeconns << 8) + d.inactconns) * mult
-                        if dest is None or oh < least:
-                            dest = d
-                            least = oh
+                dest: Dest | None
+                keys = svc.lkeys
+                if keys is not None:
+                    # lc/wlc/sed/nq: the first least key (see _update_least_keys), found
+                    # by two C-level scans instead of a Python loop over the dests.
+                    idle = svc.lidle
+                    if idle is None:
+                        dest = svc.ldests[keys.index(min(keys))]
+                    else:
+                        # nq: the first idle candidate (key == its idle key), else sed's.
+                        busy = list(map(_sub, keys, idle))
+                        if 0 in busy:
+                            dest = svc.ldests[busy.index(0)]
+                        else:
+                            dest = svc.ldests[keys.index(min(keys))]
                 else:
                     sched = svc.scheduler
                     assert sched is not None
@@ -595,24 +619,39 @@ class IpvsEngine:
                 # The first transition of an entry with these flags, cached (its inputs are
                 # fixed until the state table or the timeouts change, which clear the cache).
                 first = pp.first.get(conn_flags) or self._first_input(pp, conn_flags)
-                state, flags, timeout, active = first
-                cp = Conn(key, pp, dest, dest.port or key[3], flags)
+                state, flags, timeout, active, fwd = first
+                rport = dest.port or key[3]
+                cp = Conn(key, pp, dest, rport, flags)
                 pp.conns[key] = cp
                 # ip_vs_bind_dest (a new entry is INACTIVE), then the transition's move.
+                lk = dest.lkeys
                 if active:
                     dest.activeconns += 1
+                    if lk is not None:
+                        lk[dest.lpos] += dest.lact
                 else:
                     dest.inactconns += 1
-                # ip_vs_conn_stats, then ip_vs_in_stats for this first packet.
-                self._count_first_packet(dest, svc, length)
+                    if lk is not None:
+                        lk[dest.lpos] += dest.linact
+                # ip_vs_conn_stats, then ip_vs_in_stats for this first packet: as
+                # _count_first_packet, inlined (a call costs as much as three counters).
+                if dest.flags & IP_VS_DEST_F_AVAILABLE:
+                    tot = self._total
+                    dest.conns += 1
+                    dest.inpkts += 1
+                    dest.inbytes += length
+                    svc.conns += 1
+                    svc.inpkts += 1
+                    svc.inbytes += length
+                    tot.conns += 1
+                    tot.inpkts += 1
+                    tot.inbytes += length
                 cp.state = state
                 cp.timeout = timeout
                 cp.in_pkts = 1
                 cp.expires = now + timeout
                 self._wheel.file(cp)
-                return _new_verdict(
-                    Verdict, (_FORWARD, cp, dest.addr, cp.dport, _FWD_OF_FLAGS[flags & 7], "")
-                )
+                return _new_verdict(Verdict, (_FORWARD, cp, dest.addr, rport, fwd, ""))
         elif cp.expires <= now:
             # Its timer is due: the kernel would already have run it.
             self._expire(cp, now, ExpiryReason.TIMEOUT)
@@ -698,6 +737,8 @@ class IpvsEngine:
             # ip_vs_bind_dest for an entry without extra flags and a dest without threshold.
             cp = Conn(key, pp, dest, dest.port or key[3], dest.conn_flags)
             dest.inactconns += 1
+            if dest.lkeys is not None:
+                dest.lkeys[dest.lpos] += dest.linact
         pp.conns[key] = cp
         self._count_first_packet(dest, svc, pkt.length)
         pp.transition(cp, _DIR_INPUT, pkt)
@@ -712,32 +753,51 @@ class IpvsEngine:
         )
 
     @staticmethod
-    def _update_wlc_keys(svc: Service) -> None:
-        """Precompute the fast path's wlc for a service whose choice needs no OVERLOAD test.
+    def _update_least_keys(svc: Service) -> None:
+        """Derive the fast path's lc/wlc/sed/nq keys for a service that needs no OVERLOAD test.
 
-        wlc (`ip_vs_wlc_schedule`, §6.5) takes the first destination of least
-        overhead / weight among those not overloaded and of positive weight (a later
-        weight-0 one never wins its strict comparison). OVERLOAD is only ever set on a
-        destination with an upper threshold (§6.1), so without thresholds in the service
-        the candidates are the positive-weight destinations, fixed until the next
-        `update_dests`. With L the lcm of their weights, overhead * (L // weight) orders
-        them exactly as the kernel's cross-multiplication does, one product per candidate.
+        `schedulers.least_keys` restates ip_vs_lc_schedule, ip_vs_wlc_schedule,
+        ip_vs_sed_schedule and ip_vs_nq_schedule (§6.4-§6.7) as "the first candidate of least
+        integer key", valid while the weights stay as they are and no destination is
+        overloaded. OVERLOAD is only ever set on a destination with an upper threshold
+        (§6.1), so services with a threshold keep the scheduler's own walk; weights change
+        only through `_update_dest`, which calls this again. The keys are linear in the
+        counters: every place that moves activeconns / inactconns of a candidate moves its
+        key by `lact` / `linact` per connection, so a decision reads no counter at all.
+        Called after every change of the destination list or the scheduler.
         """
-        svc.wlc_keys = None
-        if type(svc.scheduler) is not WeightedLeastConnection:
-            return
+        for d in svc.ldests:
+            d.lkeys = None  # former candidates (removed, quiesced) no longer keep a key
+        svc.ldests = []
+        svc.lkeys = svc.lidle = None
+        sched = svc.scheduler
+        if sched is None or not has_least_keys(sched):
+            return  # (checked first: the walk below would make adding N servers O(N^2))
         if any(d.u_threshold or d.overloaded for d in svc.dests):
             return
-        candidates = [d for d in svc.dests if d.weight > 0]
-        top = math.lcm(*(d.weight for d in candidates)) if candidates else 1
-        svc.wlc_keys = [(d, top // d.weight) for d in candidates]
+        plan = least_keys(sched, svc.dests)
+        if plan is None or not plan.dests:
+            return
+        keys = [
+            d.activeconns * a + d.inactconns * i + b
+            for d, a, i, b in zip(plan.dests, plan.act, plan.inact, plan.base, strict=True)
+        ]
+        for pos, d in enumerate(plan.dests):
+            d.lkeys = keys
+            d.lpos = pos
+            d.lact = plan.act[pos]
+            d.linact = plan.inact[pos]
+        svc.ldests = list(plan.dests)
+        svc.lkeys = keys
+        svc.lidle = list(plan.base) if plan.idle else None
 
-    def _first_input(self, pp: _Proto, conn_flags: int) -> tuple[int, int, float, bool]:
+    def _first_input(self, pp: _Proto, conn_flags: int) -> tuple[int, int, float, bool, FwdMethod]:
         """The first input transition of a new entry with `conn_flags` (fast path cache).
 
-        Returns (state, flags, timeout, active) as `_set_tcp_state` / `_set_udp_state` leave
-        them for a TCP SYN (event 0 for any SYN without RST) or a UDP datagram from state
-        NONE; `active` tells whether the entry ends up counted in activeconns.
+        Returns (state, flags, timeout, active, fwd) as `_set_tcp_state` / `_set_udp_state`
+        leave them for a TCP SYN (event 0 for any SYN without RST) or a UDP datagram from
+        state NONE; `active` tells whether the entry ends up counted in activeconns, `fwd`
+        is the verdict's forwarding method for the resulting flags.
         """
         if pp is self._tcp:
             direction = _DIR_INPUT_ONLY if conn_flags & IP_VS_CONN_F_NOOUTPUT else _DIR_INPUT
@@ -748,9 +808,9 @@ class IpvsEngine:
                 # A new entry is INACTIVE (ip_vs_bind_dest); the transition activates it.
                 active = True
                 flags = self._iflags(conn_flags & ~IP_VS_CONN_F_INACTIVE)
-            result = (state, flags, self._tcp.timeouts[state], active)
+            result = (state, flags, self._tcp.timeouts[state], active, _FWD_OF_FLAGS[flags & 7])
         else:
-            result = (0, conn_flags, self._udp.timeouts[0], False)
+            result = (0, conn_flags, self._udp.timeouts[0], False, _FWD_OF_FLAGS[conn_flags & 7])
         pp.first[conn_flags] = result
         return result
 
@@ -762,12 +822,7 @@ class IpvsEngine:
         """
         self._tcp.fast = {}
         self._udp.fast = {}
-        if (
-            not self._opts.fast_path
-            or self._conntrack_flag
-            or self._drop_rate
-            or self._sync_master
-        ):
+        if not self._opts.fast_path or self._conntrack_flag or self._drop_rate or self._sync_master:
             return
         for vkey, svc in self._svc_tab.items():
             if svc.persistent or not svc.port:
@@ -798,9 +853,7 @@ class IpvsEngine:
             daddr, dport = self._unbound[cp][0], cp.key[3]
         else:
             daddr, dport = self._unbound[cp][0], cp.dport
-        verdict = _new_verdict(
-            Verdict, (_FORWARD, cp, daddr, dport, _FWD_OF_FLAGS[flags & 7], "")
-        )
+        verdict = _new_verdict(Verdict, (_FORWARD, cp, daddr, dport, _FWD_OF_FLAGS[flags & 7], ""))
         if flags & IP_VS_CONN_F_ONE_PACKET:
             self._free_conn(cp, now, ExpiryReason.TIMEOUT, forced=False)  # OPS: freed at once
         else:
@@ -890,9 +943,7 @@ class IpvsEngine:
                 return V_NOT_SCHEDULABLE
         elif proto == _SCTP:
             chunk = pkt.sctp_chunk
-            if chunk == _SCTP_ABORT or not (
-                chunk == _SCTP_INIT or self._sysctl.sloppy_sctp
-            ):
+            if chunk == _SCTP_ABORT or not (chunk == _SCTP_INIT or self._sysctl.sloppy_sctp):
                 return V_NOT_SCHEDULABLE
         fwmark = pkt.fwmark
         svc = None
@@ -932,6 +983,8 @@ class IpvsEngine:
             # a new entry takes the dest's flags, which always include INACTIVE (§3.4).
             cp = Conn(key, pp, dest, dest.port or key[3], dest.conn_flags)
             dest.inactconns += 1
+            if dest.lkeys is not None:
+                dest.lkeys[dest.lpos] += dest.linact
             pp.conns[key] = cp
         self._count_conn(dest, svc)
         return cp
@@ -1123,11 +1176,15 @@ class IpvsEngine:
                     if not active:
                         dest.activeconns -= 1
                         dest.inactconns += 1
+                        if dest.lkeys is not None:
+                            dest.lkeys[dest.lpos] += dest.linact - dest.lact
                         flags |= IP_VS_CONN_F_INACTIVE
                         cp.flags = self._flag_ints.setdefault(flags, flags)
                 elif active:
                     dest.activeconns += 1
                     dest.inactconns -= 1
+                    if dest.lkeys is not None:
+                        dest.lkeys[dest.lpos] += dest.lact - dest.linact
                     flags &= ~IP_VS_CONN_F_INACTIVE
                     cp.flags = self._flag_ints.setdefault(flags, flags)
             if new == _TCP_ESTABLISHED:
@@ -1157,10 +1214,14 @@ class IpvsEngine:
                 if not flags & IP_VS_CONN_F_INACTIVE and not active:
                     dest.activeconns -= 1
                     dest.inactconns += 1
+                    if dest.lkeys is not None:
+                        dest.lkeys[dest.lpos] += dest.linact - dest.lact
                     cp.flags = self._iflags(flags | IP_VS_CONN_F_INACTIVE)
                 elif flags & IP_VS_CONN_F_INACTIVE and active:
                     dest.activeconns += 1
                     dest.inactconns -= 1
+                    if dest.lkeys is not None:
+                        dest.lkeys[dest.lpos] += dest.lact - dest.linact
                     cp.flags = self._iflags(flags & ~IP_VS_CONN_F_INACTIVE)
             cp.state = new
         cp.timeout = self._sctp.timeouts[new]
@@ -1195,8 +1256,12 @@ class IpvsEngine:
             dest.persistconns += 1
         elif flags & IP_VS_CONN_F_INACTIVE:
             dest.inactconns += 1
+            if dest.lkeys is not None:
+                dest.lkeys[dest.lpos] += dest.linact
         else:
             dest.activeconns += 1
+            if dest.lkeys is not None:
+                dest.lkeys[dest.lpos] += dest.lact
         u = dest.u_threshold
         if u and dest.activeconns + dest.inactconns >= u:
             dest._set_overload(True)
@@ -1212,8 +1277,12 @@ class IpvsEngine:
             dest.persistconns -= 1
         elif flags & IP_VS_CONN_F_INACTIVE:
             dest.inactconns -= 1
+            if dest.lkeys is not None:
+                dest.lkeys[dest.lpos] -= dest.linact
         else:
             dest.activeconns -= 1
+            if dest.lkeys is not None:
+                dest.lkeys[dest.lpos] -= dest.lact
         total = dest.activeconns + dest.inactconns
         if dest.l_threshold:
             if total < dest.l_threshold:
@@ -1224,9 +1293,7 @@ class IpvsEngine:
         elif dest.overloaded:
             dest._set_overload(False)
 
-    def _expire(
-        self, cp: Conn, now: float, reason: ExpiryReason, *, forced: bool = False
-    ) -> None:
+    def _expire(self, cp: Conn, now: float, reason: ExpiryReason, *, forced: bool = False) -> None:
         """`ip_vs_conn_expire` (§3.5): free the entry, or re-arm a controlling template."""
         if type(cp) is Template and cp.n_control > 0:
             # "expire later": keep it 60 s more while it controls connections (§4.3).
@@ -1634,9 +1701,7 @@ class IpvsEngine:
             if cp is not None and cp.expires <= now:
                 self._expire(cp, now, ExpiryReason.TIMEOUT)
                 cp = pp.conns.get(key)
-            if cp is not None and (
-                cp.dport != entry.dport or self._daddr_of(cp) != entry.daddr
-            ):
+            if cp is not None and (cp.dport != entry.dport or self._daddr_of(cp) != entry.daddr):
                 if not flags & IP_VS_CONN_F_INACTIVE:
                     self._expire(cp, now, ExpiryReason.SYNC)
                     cp = None
@@ -1655,12 +1720,15 @@ class IpvsEngine:
                 if flags & IP_VS_CONN_F_INACTIVE:
                     dest.activeconns -= 1
                     dest.inactconns += 1
+                    if dest.lkeys is not None:
+                        dest.lkeys[dest.lpos] += dest.linact - dest.lact
                 else:
                     dest.activeconns += 1
                     dest.inactconns -= 1
+                    if dest.lkeys is not None:
+                        dest.lkeys[dest.lpos] += dest.lact - dest.linact
             cp.flags = self._iflags(
-                (flags & IP_VS_CONN_F_BACKUP_UPD_MASK)
-                | (cp.flags & ~IP_VS_CONN_F_BACKUP_UPD_MASK)
+                (flags & IP_VS_CONN_F_BACKUP_UPD_MASK) | (cp.flags & ~IP_VS_CONN_F_BACKUP_UPD_MASK)
             )
             if dest is None:
                 self._try_bind_dest(cp, entry)
@@ -1719,8 +1787,13 @@ class IpvsEngine:
         daddr, fwmark = self._unbound.get(cp, (entry.daddr, entry.fwmark))
         protocol = cp.protocol_ if type(cp) is Template else int(cp.pp.protocol)
         probe = dataclasses.replace(
-            entry, daddr=daddr, dport=cp.dport, vaddr=cp.vaddr, vport=cp.vport,
-            protocol=protocol, fwmark=fwmark,
+            entry,
+            daddr=daddr,
+            dport=cp.dport,
+            vaddr=cp.vaddr,
+            vport=cp.vport,
+            protocol=protocol,
+            fwmark=fwmark,
         )
         dest = self._find_dest(probe, cp.flags)
         if dest is not None:
@@ -1757,9 +1830,7 @@ class IpvsEngine:
         for d in vs.destinations:
             self.add_dest(key, d, now=now)
 
-    def _configure_service(
-        self, svc: Service, vs: VirtualService, op: str, now: float
-    ) -> None:
+    def _configure_service(self, svc: Service, vs: VirtualService, op: str, now: float) -> None:
         key = vs.key
         if not key.fwmark and key.protocol not in (IpProto.TCP, IpProto.UDP, IpProto.SCTP):
             raise KernelError(op, errno.EPROTONOSUPPORT, f"protocol {key.protocol} not handled")
@@ -1789,7 +1860,7 @@ class IpvsEngine:
                 raise KernelError(op, errno.ENOENT, str(exc)) from None
             sched.update_dests(svc.dests)
             svc.scheduler = sched
-            self._update_wlc_keys(svc)
+            self._update_least_keys(svc)
         elif vs.sched_flags != svc.sched_flags:
             # ip_vs_edit_service keeps the scheduler when its name is unchanged (rr/wrr
             # cursors, the lblc cache and sh/mh tables carry over); only the flags change.
@@ -1817,6 +1888,7 @@ class IpvsEngine:
         svc = self._service("del_service", key)
         for dest in list(svc.dests):
             self._unlink_dest(svc, dest, now=now, update_sched=False, flush=False)
+        self._update_least_keys(svc)  # the trashed dests keep no key
         if self._sysctl.expire_nodest_conn:
             self._expire_nodest_conn_flush(now)
         del self._services[key]
@@ -1914,9 +1986,10 @@ class IpvsEngine:
         dest.l_threshold = d.l_threshold
         if add:
             svc.dests.insert(0, dest)
+            svc.dest_index[(dest.addr, dest.port)] = dest
         assert svc.scheduler is not None
         svc.scheduler.update_dests(svc.dests)
-        self._update_wlc_keys(svc)
+        self._update_least_keys(svc)
 
     def _unlink_dest(
         self, svc: Service, dest: Dest, *, now: float, update_sched: bool, flush: bool = True
@@ -1924,9 +1997,10 @@ class IpvsEngine:
         """`__ip_vs_unlink_dest` + `__ip_vs_del_dest` (§5.2)."""
         dest.flags &= ~IP_VS_DEST_F_AVAILABLE
         svc.dests.remove(dest)
+        del svc.dest_index[(dest.addr, dest.port)]
         if update_sched and svc.scheduler is not None:
             svc.scheduler.update_dests(svc.dests)
-            self._update_wlc_keys(svc)
+            self._update_least_keys(svc)
         if not self._trash:
             self._trash_next = now + DEST_TRASH_PERIOD / 2
         self._trash.insert(0, dest)
@@ -1986,8 +2060,10 @@ class IpvsEngine:
                 raise KernelError("set_sysctl", errno.EINVAL, f"{name} must be 0..3")
         if not 0 <= sysctl.sync_retries <= 3:
             raise KernelError("set_sysctl", errno.EINVAL, "sync_retries must be 0..3")
-        if sysctl.sync_threshold < 0 or sysctl.sync_period < 0 or (
-            sysctl.sync_period and sysctl.sync_threshold >= sysctl.sync_period
+        if (
+            sysctl.sync_threshold < 0
+            or sysctl.sync_period < 0
+            or (sysctl.sync_period and sysctl.sync_threshold >= sysctl.sync_period)
         ):
             raise KernelError("set_sysctl", errno.EINVAL, "sync_threshold must be < sync_period")
         if sysctl.sync_version not in (0, 1):

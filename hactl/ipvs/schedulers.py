@@ -34,6 +34,9 @@ Additions to the agreed interface, all optional and defaulted:
 * `set_expiration(lblc_expiration=..., lblcr_expiration=...)`: new values of the sysctls
   of those names, which the kernel reads at every use; lblc and lblcr take theirs, the
   others ignore the call.
+* `least_keys(sched, dests)`: lc/wlc/sed/nq restated as per-destination integer keys, for
+  the engine's new-connection fast path, which moves them with the counters instead of
+  calling `schedule()`; `schedule()` stays the reference the keys are tested against.
 
 Not modelled: the ICMP "inverse" lookups (sh/mh hash the packet's destination address and
 port for ICMP errors about outgoing packets); `SchedPacketLike` describes a forward packet.
@@ -49,7 +52,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv6Address
-from math import gcd
+from math import gcd, lcm
 from typing import Any, ClassVar, Generic, Protocol, TypeVar
 
 from hactl.ipvs.hashing import MH_HASH1_KEY, MH_HASH2_KEY, fold_addr, hash_32, hsiphash_u32
@@ -63,6 +66,7 @@ __all__ = [
     "SCHEDULER_NAMES",
     "DestinationHashing",
     "LeastConnection",
+    "LeastKeys",
     "LocalityBasedLeastConnection",
     "LocalityBasedLeastConnectionReplication",
     "MaglevHashing",
@@ -79,6 +83,8 @@ __all__ = [
     "WeightedLeastConnection",
     "WeightedOverflow",
     "WeightedRoundRobin",
+    "has_least_keys",
+    "least_keys",
     "make_scheduler",
 ]
 
@@ -209,28 +215,27 @@ class RoundRobin(Scheduler[D]):
     """Round robin with the kernel's cursor: the list head or the last chosen destination."""
 
     name = "rr"
-    __slots__ = ("_cursor", "_keys")
+    __slots__ = ("_cursor", "_dests")
 
     def __init__(self) -> None:
         # -1 is the list head; otherwise the index of the last chosen destination.
         self._cursor = -1
-        self._keys: list[tuple[IPv4Address | IPv6Address, int]] = []
+        self._dests: list[D] = []
 
     def update_dests(self, dests: Sequence[D]) -> None:
-        keys = [(d.addr, d.port) for d in dests]
-        old = self._keys
-        self._keys = keys
+        old = self._dests
+        self._dests = list(dests)  # a copy, not keys: loading N servers stays linear
         if self._cursor < 0 or self._cursor >= len(old):
             self._cursor = -1
             return
         # ip_vs_rr_del_dest: removing the entry under the cursor moves the cursor to the
         # previous entry (or to the head). Several removals at once are treated as the same
         # number of single removals, so walk back to the nearest entry still present.
-        position = {key: i for i, key in enumerate(keys)}
+        position = {(d.addr, d.port): i for i, d in enumerate(dests)}
         i = self._cursor
-        while i >= 0 and old[i] not in position:
+        while i >= 0 and (old[i].addr, old[i].port) not in position:
             i -= 1
-        self._cursor = position[old[i]] if i >= 0 else -1
+        self._cursor = position[(old[i].addr, old[i].port)] if i >= 0 else -1
 
     def schedule(self, dests: Sequence[D], pkt: SchedPacketLike, *, now: float) -> D | None:
         n = len(dests)
@@ -269,22 +274,25 @@ def _least_weighted_overhead(dests: Sequence[D]) -> D | None:
 
     sed keeps its own copy of the walk: its overhead is a different expression, and this loop
     is hot enough that the overhead stays inline rather than becoming a call per destination.
+    The two stages are the kernel's: the first available destination, then `nextstage` over
+    the rest (no "found one yet?" test per destination).
     """
-    least: D | None = None
-    loh = lw = 0
-    for d in dests:
+    it = iter(dests)
+    for least in it:
+        lw = least.weight
+        if lw > 0 and not least.overloaded:
+            loh = (least.activeconns << 8) + least.inactconns
+            break
+    else:
+        return None
+    for d in it:
         if d.overloaded:
-            continue
-        w = d.weight
-        if least is None:
-            if w > 0:
-                least, loh, lw = d, (d.activeconns << 8) + d.inactconns, w
             continue
         # Later weight-0 destinations are not skipped by the kernel but never win:
         # loh * 0 > doh * lw is false.
         doh = (d.activeconns << 8) + d.inactconns
-        if loh * w > doh * lw:
-            least, loh, lw = d, doh, w
+        if loh * d.weight > doh * lw:
+            least, loh, lw = d, doh, d.weight
     return least
 
 
@@ -372,14 +380,20 @@ class LeastConnection(Scheduler[D]):
     __slots__ = ()
 
     def schedule(self, dests: Sequence[D], pkt: SchedPacketLike, *, now: float) -> D | None:
-        least: D | None = None
-        loh = 0
-        for d in dests:
-            # ip_vs_lc.c skips weight == 0 only (a negative weight cannot be configured).
+        # ip_vs_lc.c skips weight == 0 only (a negative weight cannot be configured). Two
+        # stages as in wlc: the first candidate, then the rest without a "found yet?" test.
+        it = iter(dests)
+        for least in it:
+            if least.weight and not least.overloaded:
+                loh = (least.activeconns << 8) + least.inactconns
+                break
+        else:
+            return None
+        for d in it:
             if d.overloaded or d.weight == 0:
                 continue
             doh = (d.activeconns << 8) + d.inactconns
-            if least is None or doh < loh:
+            if doh < loh:
                 least, loh = d, doh
         return least
 
@@ -391,19 +405,21 @@ class ShortestExpectedDelay(Scheduler[D]):
     __slots__ = ()
 
     def schedule(self, dests: Sequence[D], pkt: SchedPacketLike, *, now: float) -> D | None:
-        least: D | None = None
-        loh = lw = 0
-        for d in dests:
+        # ip_vs_sed_schedule's two stages, as in _least_weighted_overhead.
+        it = iter(dests)
+        for least in it:
+            lw = least.weight
+            if lw > 0 and not least.overloaded:
+                loh = least.activeconns + 1
+                break
+        else:
+            return None
+        for d in it:
             if d.overloaded:
                 continue
-            w = d.weight
-            if least is None:
-                if w > 0:
-                    least, loh, lw = d, d.activeconns + 1, w
-                continue
             doh = d.activeconns + 1
-            if loh * w > doh * lw:
-                least, loh, lw = d, doh, w
+            if loh * d.weight > doh * lw:
+                least, loh, lw = d, doh, d.weight
         return least
 
 
@@ -414,18 +430,90 @@ class NeverQueue(Scheduler[D]):
     __slots__ = ()
 
     def schedule(self, dests: Sequence[D], pkt: SchedPacketLike, *, now: float) -> D | None:
-        least: D | None = None
-        loh = lw = 0
-        for d in dests:
+        # ip_vs_nq_schedule in two stages: the first candidate, then the rest (as in wlc).
+        it = iter(dests)
+        for least in it:
+            lw = least.weight
+            if lw and not least.overloaded:
+                loh = least.activeconns
+                if loh == 0:
+                    return least  # idle: taken at once
+                loh += 1
+                break
+        else:
+            return None
+        for d in it:
             w = d.weight
-            if d.overloaded or w == 0:
+            if w == 0 or d.overloaded:
                 continue
-            if d.activeconns == 0:
+            doh = d.activeconns
+            if doh == 0:
                 return d
-            doh = d.activeconns + 1
-            if least is None or loh * w > doh * lw:
+            doh += 1
+            if loh * w > doh * lw:
                 least, loh, lw = d, doh, w
         return least
+
+
+@dataclass(frozen=True, slots=True)
+class LeastKeys(Generic[D]):
+    """lc, wlc, sed and nq restated as "the first candidate of least key" (see `least_keys`).
+
+    The key of `dests[i]` is `activeconns * act[i] + inactconns * inact[i] + base[i]`. With
+    `idle`, an idle candidate (activeconns == 0, i.e. key == base[i]) wins first (nq).
+    """
+
+    dests: tuple[D, ...]
+    act: tuple[int, ...]
+    inact: tuple[int, ...]
+    base: tuple[int, ...]
+    idle: bool
+
+
+def has_least_keys(sched: Scheduler[Any]) -> bool:
+    """Whether `least_keys` can restate this scheduler (lc, wlc, sed, nq)."""
+    return type(sched) in _LEAST_KINDS
+
+
+def least_keys(sched: Scheduler[D], dests: Sequence[D]) -> LeastKeys[D] | None:
+    """lc/wlc/sed/nq as integer keys, for a caller that keeps them up to date (the engine).
+
+    ip_vs_lc_schedule, ip_vs_wlc_schedule, ip_vs_sed_schedule and ip_vs_nq_schedule take the
+    first destination, in list order, of least overhead (lc) or overhead / weight (the
+    others, compared by strict cross-multiplication) among those neither overloaded nor of
+    weight 0; a later weight-0 destination enters the comparison but never wins it
+    (`loh * 0 > doh * lw` is false). With L the lcm of the candidates' weights, overhead *
+    (L // weight) orders them exactly as the cross-multiplication does, and ties keep the
+    earlier one; so the choice is the first index of the least key. The keys are linear in
+    the two counters, so a caller can move them by `act` / `inact` as the counters change
+    instead of recomputing them at each decision.
+
+    Valid while the weights are those of `dests` now and no destination is overloaded (the
+    caller re-derives the keys at every `update_dests` and does not use them while an upper
+    threshold makes OVERLOAD possible).
+
+    Returns:
+        None for any other scheduler.
+    """
+    kind = type(sched)
+    if kind not in _LEAST_KINDS:
+        return None
+    cands = tuple(d for d in dests if d.weight > 0)
+    if kind is LeastConnection:
+        ones = (1,) * len(cands)
+        return LeastKeys(cands, (256,) * len(cands), ones, (0,) * len(cands), False)
+    top = lcm(*(d.weight for d in cands)) if cands else 1
+    mult = tuple(top // d.weight for d in cands)
+    if kind is WeightedLeastConnection:
+        # ip_vs_dest_conn_overhead: activeconns * 256 + inactconns.
+        return LeastKeys(cands, tuple(m << 8 for m in mult), mult, (0,) * len(cands), False)
+    # sed and nq: overhead activeconns + 1.
+    return LeastKeys(cands, mult, (0,) * len(cands), mult, kind is NeverQueue)
+
+
+_LEAST_KINDS: frozenset[type[Scheduler[Any]]] = frozenset(
+    (LeastConnection, WeightedLeastConnection, ShortestExpectedDelay, NeverQueue)
+)
 
 
 # --------------------------------------------------------------------------------------------

@@ -31,9 +31,11 @@ from hactl.ipvs.model import (
     IpProto,
     IpvsTimeouts,
     ServiceKey,
+    SyncConn,
     VirtualService,
 )
 from hactl.ipvs.proto import SCTP_CHUNK_DATA, SCTP_CHUNK_INIT
+from hactl.ipvs.schedulers import least_keys
 
 VIP6 = IPv6Address("2001:db8::100")
 FWMARK = 7
@@ -46,7 +48,7 @@ TCP6 = (IpProto.TCP, VIP6, 80)
 SCTP9 = (IpProto.SCTP, VIP, 9)
 TCP0 = (IpProto.TCP, VIP, 0)
 TARGETS = [TCP80, TCP81, UDP53, TCP6, SCTP9, (IpProto.TCP, VIP, 90), (IpProto.UDP, VIP, 54)]
-SCHEDULERS = ["rr", "wlc", "wrr", "lc", "sh", "lblc", "sed"]
+SCHEDULERS = ["rr", "wlc", "wrr", "lc", "sh", "lblc", "sed", "nq"]
 
 
 def _key(target: tuple[IpProto, IPv4Address | IPv6Address, int]) -> ServiceKey:
@@ -107,6 +109,11 @@ _config = st.one_of(
     ])),
     st.tuples(st.just("sync"), st.booleans(), st.booleans()),
     st.tuples(st.just("timeouts"), st.sampled_from([0, 5, 900]), st.sampled_from([0, 7])),
+    # A synced entry (§1.10) creates, moves or flips the activity of an entry on the side,
+    # one more place where a destination's counters change.
+    st.tuples(st.just("synced"), st.sampled_from(TARGETS[:2]), st.integers(0, 3),
+              st.sampled_from([1000, 1001]), st.integers(1, 3),
+              st.sampled_from([(0x0, 1), (0x100, 4), (0x100, 7)])),
 )
 # Mostly packets (one_of would flatten the config choices and make packets a minority), and
 # among the rest the switches that decide whether the fast path applies.
@@ -208,6 +215,29 @@ class Pair:
     def check(self, now: float) -> None:
         fast, general = (_state(engine, now) for engine in self.engines)
         assert fast == general
+        for engine in self.engines:
+            _check_least_keys(engine)
+
+
+def _check_least_keys(engine: IpvsEngine) -> None:
+    """The fast path's lc/wlc/sed/nq keys equal keys recomputed from the counters, and only
+    the current candidates hold one (white box: a drifting key shows here at once, long
+    before it changes a decision)."""
+    holders = 0
+    for svc in engine._services.values():
+        plan = least_keys(svc.scheduler, svc.dests) if svc.scheduler is not None else None
+        if svc.lkeys is None:
+            assert svc.ldests == []
+        else:
+            assert plan is not None and svc.ldests == list(plan.dests)
+            assert svc.lkeys == [
+                d.activeconns * a + d.inactconns * i + b
+                for d, a, i, b in zip(plan.dests, plan.act, plan.inact, plan.base, strict=True)
+            ]
+            assert all(d.lkeys is svc.lkeys for d in svc.ldests)
+            holders += len(svc.ldests)
+    dests = [d for svc in engine._services.values() for d in svc.dests]
+    assert sum(d.lkeys is not None for d in dests) == holders
 
 
 def _packet_info(action: tuple[Any, ...]) -> PacketInfo:
@@ -281,6 +311,16 @@ def _apply_config(pair: Pair, action: tuple[Any, ...], now: float) -> float:
     if kind == "timeouts":
         t = IpvsTimeouts(tcp=action[1], tcpfin=action[1], udp=action[2])
         pair.both(lambda e: e.set_timeouts(t))
+        return now
+    if kind == "synced":
+        _, (proto, vip, vport), client, cport, n, (flags, state) = action
+        entry = SyncConn(
+            family=AF_INET, protocol=int(proto), flags=flags, state=state, cport=cport,
+            vport=vport, dport=80, fwmark=0, timeout=900,
+            caddr=IPv4Address(f"10.9.0.{client + 1}"), vaddr=vip,
+            daddr=_dests(False)[n - 1].addr,
+        )
+        pair.both(lambda e: e.apply_sync(entry, now=now))
         return now
     raise AssertionError(kind)
 
@@ -383,3 +423,83 @@ SCRIPTS = {
 @pytest.mark.parametrize("name", sorted(SCRIPTS))
 def test_scripted_switches_match_general_path(name: str) -> None:
     _play(Pair("rr"), SCRIPTS[name])
+
+
+# lc/wlc/sed/nq: the fast path keeps per-destination keys moved at every counter change
+# (IpvsEngine._update_least_keys) instead of walking the destinations. Many clients and
+# ports, so that counters grow and ties occur; weights (0 = quiesced) edited on the way.
+LEAST = ["lc", "wlc", "sed", "nq"]
+_least_packet = st.tuples(
+    st.just("pkt"),
+    st.sampled_from([TCP80, TCP81, TCP6]),
+    st.integers(0, 3),
+    st.sampled_from([1000, 1001, 1002, 1003, 1004, 1005]),
+    st.sampled_from([SYN, SYN, SYN, ACK, FIN, RST, SYNACK]),
+    st.booleans(),
+    st.just(0),
+    st.just(60),
+)
+_least_config = st.one_of(
+    st.tuples(st.just("time"), st.floats(0.5, 150.0)),
+    st.tuples(st.just("weight"), st.sampled_from([TCP80, TCP81, TCP6]), st.integers(1, 3),
+              st.integers(0, 4)),
+    st.tuples(st.just("threshold"), st.sampled_from([TCP80, TCP81]), st.integers(1, 3),
+              st.sampled_from([0, 0, 2])),
+    st.tuples(st.just("del"), st.sampled_from([TCP80, TCP81, TCP6]), st.integers(1, 3)),
+    st.tuples(st.just("add"), st.sampled_from([TCP80, TCP81, TCP6]), st.integers(1, 3)),
+    st.tuples(st.just("service"), st.just(TCP80), st.sampled_from(LEAST), st.just(None),
+              st.just(False)),
+    st.tuples(st.just("synced"), st.sampled_from([TCP80, TCP81]), st.integers(0, 3),
+              st.sampled_from([1000, 1001]), st.integers(1, 3),
+              st.sampled_from([(0x0, 1), (0x100, 4), (0x100, 7)])),
+)
+
+
+@settings(max_examples=120, deadline=None)
+@given(
+    sched=st.sampled_from(LEAST),
+    weights=st.lists(st.tuples(st.just("weight"), st.sampled_from([TCP80, TCP81, TCP6]),
+                               st.integers(1, 3), st.integers(0, 4)), max_size=4),
+    actions=st.lists(
+        st.integers(0, 9).flatmap(lambda i: _least_packet if i < 8 else _least_config),
+        min_size=20, max_size=80,
+    ),
+)
+def test_least_family_matches_general_path(
+    sched: str, weights: list[tuple[Any, ...]], actions: list[tuple[Any, ...]]
+) -> None:
+    pair = Pair(sched)
+    now = _play(pair, [*weights, *actions])
+    for _ in range(4):
+        now += 600.0
+        pair.timer(now)
+        pair.check(now)
+
+
+@pytest.mark.parametrize("sched", LEAST)
+def test_least_family_flood_matches_general_path(sched: str) -> None:
+    """A SYN flood that closes some connections on the way (FIN, RST) and quiesces and
+    restores a destination: the keys follow every counter move."""
+    pair = Pair(sched)
+    now = 0.0
+    for i in range(300):
+        for target in (TCP80, TCP81, TCP6):
+            pair.receive(_packet_info(("pkt", target, i % 4, 1024 + i, SYN, False, 0, 60)), now)
+            if i % 3 == 0:
+                pair.receive(_packet_info(("pkt", target, i % 4, 1024 + i, ACK, False, 0, 60)),
+                             now)
+            if i % 5 == 0:
+                flags = FIN if i % 10 else RST
+                pair.receive(
+                    _packet_info(("pkt", target, (i - 5) % 4, 1019 + i, flags, False, 0, 60)),
+                    now,
+                )
+        if i == 100:
+            now = _apply_config(pair, ("weight", TCP80, 2, 0), now)
+        if i == 200:
+            now = _apply_config(pair, ("weight", TCP80, 2, 5), now)
+        if i % 50 == 0:
+            pair.timer(now)
+            pair.check(now)
+        now += 0.5
+    pair.check(now)
