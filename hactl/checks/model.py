@@ -272,7 +272,11 @@ class UrlSpec:
                 raise ValueError(f"bad status code range {low}-{high}")
 
     def status_ok(self, status: int) -> bool:
-        return any(low <= status <= high for low, high in self.status_codes)
+        # a loop, not any(<generator>): this runs for every HTTP probe
+        for low, high in self.status_codes:  # noqa: SIM110
+            if low <= status <= high:
+                return True
+        return False
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -12,7 +12,7 @@ options apply: `bindto`/`bind_port` (bind), `bind_if` (SO_BINDTODEVICE), `fwmark
 HTTP/SSL, SMTP, DNS and ICMP are spoken by hand (codecs in `wire.py`): one short exchange
 per probe needs no client library. At scale, `CheckRunner` runs TCP_CHECK and plain HTTP_GET
 on `fastpath` instead (callbacks, no task per probe), which reuses this module's request
-writer, verdict and failure texts so that both paths report alike.
+writer, response parser, verdict and failure texts so that both paths report alike.
 
 This module holds I/O but no decisions: what a result means for the server (retries, rise,
 weights) is the tracker's business.
@@ -58,7 +58,7 @@ from hactl.checks.wire import (
     encode_echo_request,
     match_reply,
     parse_echo_reply,
-    parse_http_response,
+    parse_http_status_body,
 )
 from hactl.ipvs.model import IPAddress
 
@@ -287,10 +287,9 @@ async def _http_fetch_plain(ctx: _Ctx, request: bytes, head: bool, limit: int) -
             if len(buf) > limit:
                 raise ProbeFailure("HTTP response too large")
             try:
-                resp = parse_http_response(buf, eof=not chunk, head=head)
+                return parse_http_status_body(buf, eof=not chunk, head=head)
             except IncompleteResponse:
                 continue
-            return resp.status, resp.body
     finally:
         _abort(sock)
 
@@ -329,10 +328,9 @@ async def _http_fetch_tls(
             if len(buf) > limit:
                 raise ProbeFailure("HTTP response too large")
             try:
-                resp = parse_http_response(buf, eof=not chunk, head=head)
+                return parse_http_status_body(buf, eof=not chunk, head=head)
             except IncompleteResponse:
                 continue
-            return resp.status, resp.body
     finally:
         if writer is not None:
             if spec.tls_compliant:

@@ -4,10 +4,15 @@ Shape (STYLE §8.4): one scheduler loop waits for the earliest core deadline (pl
 of timer slack, see `_TIMER_SLACK`) or a wake-up, feeds `handle_timer(now=...)`, drains the
 events and carries out the effects: `StartProbe` becomes a probe, `RunScript` a script task.
 Probe results are fed back (`record_result`) in batches by one callback per loop turn.
+No step holds the loop for long: at most `_START_BATCH` starts and `_FEED_BATCH` results per
+loop turn, so answers are read while they are fresh even when a stall left thousands of
+probes due at once (an overloaded checker checks less often; it does not fail healthy
+servers as timeouts).
 
-Two probe paths. TCP_CHECK and plain HTTP_GET run on `fastpath.FastProbe`: socket callbacks
-from one shared epoll set and one deadline timer, no task, delivering the result through a
-callback; at 10,000 servers that cut CPU per check by 60-70% (docs/checks.md, Scale). Every
+Two probe paths. TCP_CHECK and plain HTTP_GET run on `fastpath.FastProbe`, one per check,
+started again for each of its probes: socket callbacks from one shared epoll set and one
+deadline wheel, no task, delivering the result through a callback; at 10,000 servers that
+cut CPU per check by 60-70% against tasks (docs/checks.md, Scale). Every
 other kind (and any `probe` a caller passes instead of `run_probe`, such as a test's
 scripted probe) runs as a coroutine task in the runner's TaskGroup. Both produce the same
 `ProbeResult`s (tests/shell/checks/test_fastpath.py). Facts go to the `emit` callback and
@@ -32,7 +37,7 @@ import heapq
 import random
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Protocol, TypeAlias
+from typing import Protocol
 
 import structlog
 
@@ -53,6 +58,7 @@ from hactl.checks.model import BfdCheck, CheckKey, CheckSpec, VirtualServerSpec
 from hactl.checks.probes import run_probe
 from hactl.checks.scripts import ScriptError, ScriptExecutor
 from hactl.checks.vserver import VirtualServerHealth
+from hactl.errors import StateError
 from hactl.ipvs.model import IPAddress, ServiceKey
 
 __all__ = ["CheckRunner", "ProbeFn", "ProbeStats"]
@@ -68,7 +74,16 @@ _STOP_SCRIPT_LIMIT = 1.0
 # would wake once per probe; 5 ms is 1/20 of the lateness the issue allows.
 _TIMER_SLACK = 0.005
 
-_InFlight: TypeAlias = "asyncio.Task[None] | FastProbe"
+# At most this many probes start in one go before the scheduler lets the event loop run
+# (about 5 ms of connects; checked after each virtual server, whose due probes start
+# together). In steady state a wake-up finds fewer: 10,000 checks a second are 50 per
+# 5 ms. After a stall (a busy CPU, a long collection) thousands of probes are due at once;
+# started in one go, the answers to the first ones would wait behind the connects of the
+# last ones, and probes whose answer sat unread past their deadline failed as timeouts: on
+# a loaded machine that cascaded into thousands of false failures a second.
+_START_BATCH = 64
+# Likewise results are fed to the cores at most this many per loop turn (about 5 ms).
+_FEED_BATCH = 256
 
 
 class ProbeFn(Protocol):
@@ -126,6 +141,32 @@ class _Slot:
         self.pushed: float | None = None
 
 
+class _SlotProbe(FastProbe):
+    """A check's fast probe and what the runner needs when it reports: its check and the
+    slot of its virtual server (built once per check, started for each of its probes).
+
+    It reports itself along with the result, through `report` rather than a callback that
+    holds the probe: a probe and its callback would form a reference cycle, which only the
+    garbage collector frees (and never, once frozen with gc.freeze)."""
+
+    __slots__ = ("_to_runner", "check", "clock", "slot")
+
+    def __init__(self, plan: ProbePlan, slot: _Slot, check: CheckKey,
+                 to_runner: Callable[[_SlotProbe, ProbeResult], None], poller: Poller) -> None:
+        super().__init__(plan, done=_unused, poller=poller)
+        self._to_runner = to_runner
+        self.slot = slot
+        self.check = check
+        self.clock = poller.time
+
+    def report(self, result: ProbeResult) -> None:
+        self._to_runner(self, result)
+
+
+def _unused(result: ProbeResult) -> None:
+    raise AssertionError("_SlotProbe reports through report()")
+
+
 class CheckRunner:
     """Runs the health checks of a set of virtual servers.
 
@@ -161,12 +202,13 @@ class CheckRunner:
         self._slots: dict[ServiceKey, _Slot] = {}
         self._heap: list[tuple[float, int, _Slot]] = []
         self._seq = 0
-        self._inflight: dict[CheckKey, _InFlight] = {}
+        self._inflight: dict[CheckKey, asyncio.Task[None]] = {}  # coroutine probes
         # The fast path runs only the production probe: a caller's own `probe` must see
         # every call.
-        self._fast = probe is run_probe
-        # fast-path plans per check, rebuilt when the check's spec object changes
-        self._plans: dict[CheckKey, ProbePlan] = {}
+        self._use_fast = probe is run_probe
+        # the fast probe of each check, started again for each of its probes; rebuilt when
+        # the check's spec object or its virtual server's slot changes
+        self._fast: dict[CheckKey, _SlotProbe] = {}
         # Results wait here for one callback per loop turn (`_flush`), which feeds them in
         # batches: one drain (and at most one view rebuild) per core, however many came
         # back. The scheduler task is woken only if a result brings a deadline forward.
@@ -180,6 +222,7 @@ class CheckRunner:
         self._waiter: asyncio.Future[None] | None = None
         self._sleeping_until: float | None = None
         self._stopping = False
+        self._starts = 0  # probes launched (a task's probe starts when the task runs)
         self.stats = ProbeStats()
 
     # -- public API ------------------------------------------------------------------------
@@ -197,7 +240,7 @@ class CheckRunner:
         try:
             async with asyncio.TaskGroup() as tg:
                 self._tg = tg
-                if self._fast:
+                if self._use_fast:
                     self._poller = Poller(loop)
                 for spec in self._specs:
                     # each core's warmup spread starts when it exists: with thousands of
@@ -224,11 +267,14 @@ class CheckRunner:
             if self._poller is not None:
                 self._poller.close()
                 self._poller = None
+                self._fast.clear()  # they belong to that poller
 
     def _cancel_inflight(self) -> None:
         inflight, self._inflight = self._inflight, {}
-        for probe in inflight.values():
-            probe.cancel()
+        for task in inflight.values():
+            task.cancel()
+        for probe in self._fast.values():
+            probe.cancel()  # a finished one has nothing to stop
 
     def stop(self) -> None:
         """Ask `run()` to finish (see its docstring)."""
@@ -258,7 +304,10 @@ class CheckRunner:
             if ck not in live:
                 task.cancel()
                 del self._inflight[ck]
-        self._plans = {ck: plan for ck, plan in self._plans.items() if ck in live}
+        for ck, probe in self._fast.items():
+            if ck not in live:
+                probe.cancel()
+        self._fast = {ck: probe for ck, probe in self._fast.items() if ck in live}
         self._warn_unimplemented(self._specs)
         self._poke(None)
 
@@ -301,7 +350,8 @@ class CheckRunner:
             if self._crash is not None:
                 raise self._crash  # a bug met in _flush: crash run() as it would have here
             now = loop.time()
-            self._feed_results(now)
+            self._feed_some(now)
+            budget = self._starts + _START_BATCH
             while heap and heap[0][0] <= now:
                 at, _, slot = heapq.heappop(heap)
                 if not slot.live or slot.pushed != at:
@@ -309,7 +359,12 @@ class CheckRunner:
                 slot.pushed = None
                 slot.core.handle_timer(now=now)
                 self._drain(slot, now)
-            if self._results:
+                if self._starts >= budget:
+                    break
+            if self._starts >= budget or self._results:
+                # Let the loop deliver answers before starting more (see _START_BATCH), or
+                # feed the results still waiting (see _FEED_BATCH) after one loop turn.
+                await asyncio.sleep(0)
                 continue
             # A bare future and one timer: an asyncio.Event under asyncio.timeout_at costs
             # several objects and callbacks per wake-up, and this loop wakes often.
@@ -337,11 +392,23 @@ class CheckRunner:
         if self._tg is None or self._stopping or self._loop is None:
             return
         try:
-            self._feed_results(self._loop.time())
+            self._feed_some(self._loop.time())
         except Exception as exc:
             # Not ours to swallow: hand it to the scheduler task, which raises it out of run().
             self._crash = exc
             self._poke(None)
+
+    def _feed_some(self, now: float) -> None:
+        """Feed at most `_FEED_BATCH` results now; the rest at the next loop turn."""
+        results = self._results
+        if len(results) <= _FEED_BATCH:
+            self._feed_results(now)
+            return
+        self._results, rest = results[:_FEED_BATCH], results[_FEED_BATCH:]
+        self._feed_results(now)
+        # (one check never has two results waiting: order between checks is free)
+        self._results.extend(rest)
+        self._result_arrived()
 
     def _feed_results(self, now: float) -> None:
         if not self._results:
@@ -370,19 +437,23 @@ class CheckRunner:
         self._push(slot)
 
     def _start_probe(self, slot: _Slot, event: StartProbe, now: float) -> None:
-        assert self._tg is not None
-        self.stats.record_start(now - event.scheduled_at)
-        if self._poller is not None and supports(event.spec):
-            self._start_fast(slot, event, now)
+        self._starts += 1
+        probe = self._fast.get(event.check)
+        if probe is not None or (self._poller is not None and supports(event.spec)):
+            self._start_fast(slot, event, probe)
             return
+        assert self._tg is not None
         task = self._tg.create_task(self._probe_task(slot, event))
         self._inflight[event.check] = task
 
     async def _probe_task(self, slot: _Slot, event: StartProbe) -> None:
         rs = event.check.rs
+        started = asyncio.get_running_loop().time()
+        # lateness is measured when the probe really starts: here, not when it was queued
+        self.stats.record_start(started - event.scheduled_at)
         # The full timeout from the moment the probe really starts: on a busy loop a task
         # may start late, and that lateness must not turn into false failures.
-        deadline = max(event.deadline, asyncio.get_running_loop().time() + event.spec.timeout)
+        deadline = max(event.deadline, started + event.spec.timeout)
         result = await self._probe(
             event.spec, rs.addr, rs.port, scripts=self._scripts, deadline=deadline
         )
@@ -395,35 +466,35 @@ class CheckRunner:
             self._results.append((slot, event.check, result))
             self._result_arrived()
 
-    def _start_fast(self, slot: _Slot, event: StartProbe, now: float) -> None:
+    def _start_fast(self, slot: _Slot, event: StartProbe, probe: _SlotProbe | None) -> None:
         check, spec = event.check, event.spec
-        plan = self._plans.get(check)
-        if plan is None or plan.spec is not spec:
-            plan = self._plans[check] = ProbePlan(spec, check.rs.addr, check.rs.port)
+        if probe is None or probe.plan.spec is not spec or probe.slot is not slot:
+            assert self._poller is not None
+            probe = _SlotProbe(ProbePlan(spec, check.rs.addr, check.rs.port), slot, check,
+                               self._probe_done, self._poller)
+            self._fast[check] = probe
+        elif not probe.finished:
+            # still running: a probe cancelled by a reload comes back finished, so this is
+            # a second start of one check, which the tracker never asks for
+            raise StateError(f"{check}: probe started while one is in flight")
+        # (Fast probes are not entered in _inflight: `_fast` holds each one, running or not,
+        # and cancelling a finished one does nothing. That spares three dict operations per
+        # probe.)
+        # The full timeout from the real start, as in _probe_task: a batch of starts takes
+        # a while, so that is not the `now` the core saw.
+        probe.start(max(event.deadline, probe.clock() + probe.plan.timeout))
+        self.stats.record_start(probe.started - event.scheduled_at)
 
-        def done(result: ProbeResult) -> None:
-            self._probe_done(slot, check, probe, result)
-
-        poller = self._poller
-        assert poller is not None
-        # the full timeout from the real start, as in _probe_task (a batch of starts takes
-        # a while, so that is not `now`)
-        deadline = max(event.deadline, poller.time() + spec.timeout)
-        probe = FastProbe(plan, deadline=deadline, done=done, poller=poller)
-        # registered before start(): a probe that fails at once calls `done` from start()
-        self._inflight[check] = probe
-        probe.start()
-
-    def _probe_done(self, slot: _Slot, check: CheckKey, probe: FastProbe,
-                    result: ProbeResult) -> None:
-        if self._inflight.get(check) is probe:
-            del self._inflight[check]
-        self.stats.completed += 1
+    def _probe_done(self, probe: _SlotProbe, result: ProbeResult) -> None:
+        slot = probe.slot
+        stats = self.stats
+        stats.completed += 1
         if not result.ok:
-            self.stats.failed += 1
+            stats.failed += 1
         if slot.live and not self._stopping:
-            self._results.append((slot, check, result))
-            self._result_arrived()
+            self._results.append((slot, probe.check, result))
+            if not self._flush_scheduled:
+                self._result_arrived()
 
     def _spawn_script(self, event: RunScript) -> None:
         if self._tg is not None and not self._stopping:

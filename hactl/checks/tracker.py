@@ -243,7 +243,7 @@ class HealthTracker:
         retry_delay: float | None = None
         was_first = not c.has_run
         c.has_run = True
-        before = (c.up, c.adjust)
+        was_up, was_adjust = c.up, c.adjust
         if ok:
             c.retry_it = 0
             c.adjust = adjust
@@ -277,7 +277,7 @@ class HealthTracker:
         # Retries follow the failed probe by delay_before_retry (keepalived); regular probes
         # keep the checker's cadence, skipping slots a slow probe overran.
         c.next_at = now + retry_delay if retry_delay is not None else c.next_slot(now)
-        if (c.up, c.adjust) != before:
+        if c.up != was_up or c.adjust != was_adjust:
             self._refresh(result.detail)
 
     def set_enabled(self, enabled: bool, *, now: float) -> None:
@@ -322,6 +322,11 @@ class HealthTracker:
                 c.retry_it = min(c.retry_it, check.retry)
             self._checkers[key] = c
         self._refresh("configuration changed")
+
+    @property
+    def has_events(self) -> bool:
+        """Whether `pop_events()` would return anything."""
+        return bool(self._events)
 
     def pop_events(self) -> list[CheckEvent]:
         """The events since the last call, oldest first."""

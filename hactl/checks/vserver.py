@@ -148,7 +148,8 @@ class VirtualServerHealth:
             return
         tracker.record_result(check, result, now=now)
         self._schedule(tracker)
-        self._absorb(tracker.pop_events())
+        if tracker.has_events:  # most results change nothing
+            self._absorb(tracker.pop_events())
 
     def set_master(self, master: bool, *, now: float) -> None:
         """This director became VRRP master (True) or stopped being it (False)."""

@@ -5,10 +5,13 @@ Then what only the fast path has: cancellation, and a runner that starts no task
 from __future__ import annotations
 
 import asyncio
+import gc
 import hashlib
 import ipaddress
+import math
 import random
 import socket
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 
@@ -27,9 +30,17 @@ from hactl.checks import (
     UrlSpec,
     VirtualServerSpec,
 )
-from hactl.checks.fastpath import FastProbe, Poller, ProbePlan, supports
+from hactl.checks.fastpath import (
+    DEADLINE_GRAIN,
+    IDLE_SOCKETS,
+    FastProbe,
+    Poller,
+    ProbePlan,
+    supports,
+)
 from hactl.checks.model import SslGetCheck
 from hactl.checks.probes import run_probe
+from hactl.errors import StateError
 from hactl.ipvs.model import IPAddress, IpProto, ServiceKey
 
 LO = ipaddress.IPv4Address("127.0.0.1")
@@ -489,3 +500,308 @@ async def test_ipv6_paths_agree() -> None:
     assert ProbePlan(http(), lo6, port).requests[0].split(b"\r\n")[1] == (
         f"Host: [::1]:{port}".encode()
     )
+
+
+# -- one probe object per check; the deadline wheel ----------------------------------------------
+
+
+@pytest.mark.asyncio
+async def test_a_probe_runs_again_and_never_twice_at_once() -> None:
+    loop = asyncio.get_running_loop()
+    results: list[ProbeResult] = []
+    got = asyncio.Event()
+
+    def done(result: ProbeResult) -> None:
+        results.append(result)
+        got.set()
+
+    async with peer(answer(response())) as port:
+        poller = Poller(loop)
+        try:
+            probe = FastProbe(ProbePlan(http(regex="backend ok"), LO, port), done=done,
+                              poller=poller)
+            for _ in range(3):
+                got.clear()
+                probe.start(loop.time() + 0.4)
+                with pytest.raises(StateError):
+                    probe.start(loop.time() + 0.4)
+                async with asyncio.timeout(2):
+                    await got.wait()
+        finally:
+            poller.close()
+    assert [(r.ok, r.detail) for r in results] == [(True, "ok")] * 3
+
+
+@pytest.mark.asyncio
+async def test_an_earlier_runs_deadline_does_not_expire_the_next_run() -> None:
+    """The wheel keeps the entry of a run that finished; when its slot comes up while the
+    same probe runs again (with a later deadline), that run is left alone."""
+    loop = asyncio.get_running_loop()
+    results: list[ProbeResult] = []
+    first = {"done": False}
+
+    async def answer_once_then_hang(reader: asyncio.StreamReader,
+                                    writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        if not first["done"]:
+            first["done"] = True
+            writer.write(response())
+            await writer.drain()
+            return
+        await reader.read()
+
+    async with peer(answer_once_then_hang) as port:
+        poller = Poller(loop)
+        try:
+            probe = FastProbe(ProbePlan(http(), LO, port), done=results.append, poller=poller)
+            probe.start(loop.time() + 0.2)
+            await until_count(results, 1)
+            probe.start(loop.time() + 0.6)  # hangs: fails at its own deadline only
+            await asyncio.sleep(0.35)  # past the first run's deadline
+            assert len(results) == 1
+            await until_count(results, 2)
+        finally:
+            poller.close()
+    assert (results[0].ok, results[1].detail) == (True, "timeout after 0.6s")
+    assert 0.6 <= results[1].elapsed < 0.6 + DEADLINE_GRAIN + 0.2
+
+
+@pytest.mark.asyncio
+async def test_answers_queued_at_the_deadline_are_results() -> None:
+    """After a stall, more sockets are ready than one poll takes and the deadline timer is
+    due in the same loop turn: the connections that completed in time count as successes,
+    not as timeouts."""
+    loop = asyncio.get_running_loop()
+    results: list[ProbeResult] = []
+    n = 400  # more than one poll's batch
+    with socket.socket() as listener:
+        # connections complete in the kernel's accept queue; nobody needs to accept
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(n + 16)
+        port = listener.getsockname()[1]
+        poller = Poller(loop)
+        try:
+            plan = ProbePlan(TcpCheck(connect=FAST), LO, port)
+            deadline = loop.time() + 0.05
+            for _ in range(n):
+                FastProbe(plan, done=results.append, poller=poller).start(deadline)
+            time.sleep(0.2)  # noqa: ASYNC251 - the point: a stalled loop
+            await until_count(results, n)
+        finally:
+            poller.close()
+    assert {(r.ok, r.detail) for r in results} == {(True, "ok")}
+
+
+async def until_count(items: list[ProbeResult], n: int) -> None:
+    """Poll until `items` (filled by `done` callbacks) holds `n` results."""
+    async with asyncio.timeout(5):
+        while True:
+            if len(items) >= n:
+                return
+            await asyncio.sleep(0.005)
+
+
+@pytest.mark.asyncio
+async def test_dropped_fast_probes_are_freed_without_the_collector() -> None:
+    """A check's probe lives as long as the check; once a reload drops it, reference
+    counting frees it. A reference cycle would leave that to the collector, and a daemon
+    that froze its startup objects (gc.freeze) would never free it."""
+    loop = asyncio.get_running_loop()
+    check = TcpCheck(connect=FAST, delay_loop=0.1, warmup=0.0)
+    async with peer(answer(b"")) as port:
+        servers = tuple(RealServerSpec(addr=ipaddress.IPv4Address(f"127.0.0.{n}"), port=port,
+                                       checks=(check,)) for n in range(1, 11))
+        runner = CheckRunner([VirtualServerSpec(key=VS, real_servers=servers)],
+                             emit=lambda event: None, rng=random.Random(1))
+        task = asyncio.create_task(runner.run())
+        try:
+            async with asyncio.timeout(5):
+                while True:
+                    if runner.stats.completed >= 30:
+                        break
+                    await asyncio.sleep(0.02)
+            gc.collect()
+            gc.disable()
+            gc.set_debug(gc.DEBUG_SAVEALL)
+            try:
+                runner.apply([], now=loop.time())
+                await asyncio.sleep(FAST.connect_timeout + 0.2)  # past every deadline slot
+                gc.collect()
+                leaked = [o for o in gc.garbage if isinstance(o, FastProbe)]
+            finally:
+                gc.set_debug(0)
+                gc.garbage.clear()
+                gc.enable()
+        finally:
+            runner.stop()
+            await asyncio.wait_for(task, 5)
+    assert leaked == []
+
+
+def rounding_deadline(after: float) -> float:
+    """A deadline past `after` that lies just above the end of its wheel slot as computed
+    in floating point (ceil(d / grain) * grain < d): about one slot in eight has one."""
+    k = math.ceil(after / DEADLINE_GRAIN)
+    while True:
+        end = k * DEADLINE_GRAIN
+        d = math.nextafter(end, math.inf)
+        for _ in range(3):
+            if math.ceil(d / DEADLINE_GRAIN) == k:
+                return d
+            d = math.nextafter(d, math.inf)
+        k += 1
+
+
+@pytest.mark.asyncio
+async def test_a_deadline_just_past_its_slot_end_still_expires() -> None:
+    loop = asyncio.get_running_loop()
+    results: list[ProbeResult] = []
+    async with peer(answer(b"", hang=True)) as port:
+        poller = Poller(loop)
+        try:
+            deadline = rounding_deadline(loop.time() + 0.15)
+            assert math.ceil(deadline / DEADLINE_GRAIN) * DEADLINE_GRAIN < deadline
+            FastProbe(ProbePlan(http(), LO, port), done=results.append,
+                      poller=poller).start(deadline)
+            await until_count(results, 1)
+        finally:
+            poller.close()
+    assert not results[0].ok and results[0].detail.startswith("timeout after")
+    assert loop.time() < deadline + 1.0
+
+
+# -- idle sockets: a connection that went to its end leaves its socket for the next probe ------
+
+
+async def run_once(probe: FastProbe, results: list[ProbeResult], within: float = 0.4) -> None:
+    n = len(results)
+    probe.start(asyncio.get_running_loop().time() + within)
+    await until_count(results, n + 1)
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("kind", ["tcp", "http"])
+async def test_a_socket_is_kept_and_reused_after_a_complete_exchange(kind: str) -> None:
+    loop = asyncio.get_running_loop()
+    results: list[ProbeResult] = []
+    spec: CheckSpec = TcpCheck(connect=FAST) if kind == "tcp" else http(regex="backend ok")
+    async with peer(answer(response())) as port:
+        poller = Poller(loop)
+        try:
+            probe = FastProbe(ProbePlan(spec, LO, port), done=results.append, poller=poller)
+            assert poller.idle_count() == 0
+            await run_once(probe, results)
+            assert poller.idle_count() == 1
+            for _ in range(3):
+                # a new socket each time would leave one more idle
+                await run_once(probe, results)
+                assert poller.idle_count() == 1
+        finally:
+            poller.close()
+        assert poller.idle_count() == 0
+    assert [(r.ok, r.detail) for r in results] == [(True, "ok")] * 4
+
+
+@pytest.mark.asyncio
+async def test_a_kept_socket_resets_its_connection() -> None:
+    """Keeping the socket is no graceful close: the peer sees a reset, as with SO_LINGER 0,
+    so neither side keeps the connection in TIME_WAIT."""
+    loop = asyncio.get_running_loop()
+    results: list[ProbeResult] = []
+    seen: list[str] = []
+    watched = asyncio.Event()
+
+    async def answer_then_watch(reader: asyncio.StreamReader,
+                                writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(response())  # framed by Content-Length: the probe needs no EOF
+        await writer.drain()
+        try:
+            rest = await reader.read()
+        except ConnectionResetError:
+            seen.append("reset")
+        else:
+            seen.append(f"eof {rest!r}")
+        watched.set()
+
+    async with peer(answer_then_watch) as port:
+        poller = Poller(loop)
+        try:
+            probe = FastProbe(ProbePlan(http(), LO, port), done=results.append, poller=poller)
+            await run_once(probe, results)
+            assert poller.idle_count() == 1
+            async with asyncio.timeout(2):
+                await watched.wait()
+        finally:
+            poller.close()
+    assert seen == ["reset"]
+    assert (results[0].ok, results[0].detail) == (True, "ok")
+
+
+@pytest.mark.asyncio
+async def test_a_reused_socket_reports_the_next_servers_failure() -> None:
+    """Nothing of the dissolved connection (its reset, its error) leaks into the next one: a
+    refused connect on a reused socket says "Connection refused", as run_probe does, and a
+    socket whose connection failed is closed, not kept."""
+    loop = asyncio.get_running_loop()
+    results: list[ProbeResult] = []
+    refused = free_port()
+    async with peer(answer(response())) as port:
+        poller = Poller(loop)
+        try:
+            good = FastProbe(ProbePlan(http(), LO, port), done=results.append, poller=poller)
+            bad = FastProbe(ProbePlan(http(), LO, refused), done=results.append, poller=poller)
+            await run_once(good, results)
+            assert poller.idle_count() == 1
+            await run_once(bad, results)  # on the socket `good` left
+            assert poller.idle_count() == 0
+            await run_once(good, results)
+            assert poller.idle_count() == 1
+        finally:
+            poller.close()
+    slow = await run_probe(http(), LO, refused)
+    assert [(r.ok, r.detail) for r in results] == [
+        (True, "ok"), (False, slow.detail), (True, "ok")
+    ]
+    assert slow.detail == "Connection refused"
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("handler", ["status 500", "hang"])
+async def test_only_exchanges_that_went_to_their_end_keep_their_socket(handler: str) -> None:
+    """A judged answer (here a 500) keeps the socket; a timeout closes it."""
+    loop = asyncio.get_running_loop()
+    results: list[ProbeResult] = []
+    serve = answer(response(500)) if handler == "status 500" else answer(b"", hang=True)
+    async with peer(serve) as port:
+        poller = Poller(loop)
+        try:
+            probe = FastProbe(ProbePlan(http(), LO, port), done=results.append, poller=poller)
+            await run_once(probe, results, within=0.1)
+            kept = poller.idle_count()
+        finally:
+            poller.close()
+    assert not results[0].ok
+    assert kept == (1 if handler == "status 500" else 0)
+
+
+@pytest.mark.asyncio
+async def test_idle_sockets_are_bounded() -> None:
+    loop = asyncio.get_running_loop()
+    results: list[ProbeResult] = []
+    n = IDLE_SOCKETS + 20
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(n + 16)
+        port = listener.getsockname()[1]
+        poller = Poller(loop)
+        try:
+            plan = ProbePlan(TcpCheck(connect=FAST), LO, port)
+            deadline = loop.time() + 1.0
+            for _ in range(n):
+                FastProbe(plan, done=results.append, poller=poller).start(deadline)
+            await until_count(results, n)
+            assert poller.idle_count() == IDLE_SOCKETS
+        finally:
+            poller.close()
+    assert {(r.ok, r.detail) for r in results} == {(True, "ok")}

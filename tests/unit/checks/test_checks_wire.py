@@ -10,8 +10,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from hactl.checks.wire import (
+    _USUAL_HEAD,
     IncompleteResponse,
     WireError,
+    _dechunk,
     check_dns_response,
     encode_dns_query,
     encode_echo_request,
@@ -20,6 +22,7 @@ from hactl.checks.wire import (
     parse_echo_reply,
     parse_hex_pattern,
     parse_http_response,
+    parse_http_status_body,
 )
 
 
@@ -126,6 +129,118 @@ class TestHttp:
         for eof in (False, True):
             with contextlib.suppress(WireError):
                 parse_http_response(data, eof=eof)
+
+    @pytest.mark.parametrize("code", ["\u00b2", "\u00b9\u00b3", "2\u00b3"])
+    def test_superscript_status_digits_are_malformed(self, code: str) -> None:
+        # str.isdigit accepts these latin-1 characters, int() does not: once a ValueError
+        # that escaped the probe
+        data = b"HTTP/1.1 " + code.encode("latin-1") + b" OK\r\n\r\n"
+        with pytest.raises(WireError, match="bad HTTP status line"):
+            parse_http_status_body(data, eof=True)
+
+    @given(
+        st.lists(
+            st.sampled_from([
+                b"HTTP/1.1 200 OK", b"HTTP/1.0 503 X", b"HTTP/1.1 204 N", b"HTTP/1.1 1xx",
+                b"Content-Length: 3", b"content-length : 1", b"Content-Length: x",
+                b"Transfer-Encoding: chunked", b"X-A: b", b"bad", b"\r\n", b"\r\n\r\n",
+                b"2\r\nab\r\n0\r\n\r\n", b"abc", b" \xa0\x85", b":",
+                # what the one-match reading of the usual head (_USUAL_HEAD) meets
+                b"HTTP/1.1 200", b"HTTP/1.10 200  OK", b"HTTP/1.1 0200 OK",
+                b"CONTENT-LENGTH:\t3\t", b"content-length: 02 ", b"Content-Length: 1_0",
+                b"Content-Lengthy: 9", b"Transfer-Encoding: gzip", b"X-B:", b"X-C: a\rb",
+                b"X-D: a\nb", b"Content-Length:\x0b2",
+            ]),
+            max_size=8,
+        ),
+        st.booleans(),
+        st.booleans(),
+    )
+    def test_status_body_agrees_with_a_plain_parse(self, parts: list[bytes], eof: bool,
+                                                   head: bool) -> None:
+        """The probes' lean parser (and the full one, built on it) give the status and body
+        of a plain, header-dict parse, or the same error."""
+        data = b"\r\n".join(parts)
+        try:
+            want = reference_parse(data, eof=eof, head=head)
+        except WireError as exc:
+            for parse in (parse_http_status_body, parse_http_response):
+                with pytest.raises(type(exc)) as got:
+                    parse(data, eof=eof, head=head)
+                assert str(got.value) == str(exc)
+        else:
+            assert parse_http_status_body(data, eof=eof, head=head) == want
+            full = parse_http_response(data, eof=eof, head=head)
+            assert (full.status, full.body) == want
+
+
+@pytest.mark.parametrize("data", [
+    b"HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 12\r\n\r\nbackend ok\r\n",
+    b"HTTP/1.1 200 OK\r\nServer: nginx/1.24.0\r\nDate: Sun, 22 Nov 2026 12:00:00 GMT\r\n"
+    b"Content-Type: text/html\r\nContent-Length: 10\r\nConnection: close\r\n"
+    b"ETag: \"6560-a\"\r\n\r\nbackend ok",
+    b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\n\r\n",
+    b"HTTP/1.0 200 OK\r\n\r\nuntil close",
+])
+def test_usual_heads_take_the_one_match_path(data: bytes) -> None:
+    """The answers of common servers are read by `_USUAL_HEAD`, not line by line, and both
+    readings agree."""
+    assert _USUAL_HEAD.match(data) is not None
+    for eof in (False, True):
+        try:
+            want: tuple[int, bytes] | str = reference_parse(data, eof=eof, head=False)
+        except WireError as exc:
+            want = repr(exc)
+        try:
+            got: tuple[int, bytes] | str = parse_http_status_body(data, eof=eof)
+        except WireError as exc:
+            got = repr(exc)
+        assert got == want
+
+
+def reference_parse(data: bytes, *, eof: bool, head: bool) -> tuple[int, bytes]:
+    """RFC 9112 framing the plain way: every header into a dict, then decide (the parser's
+    earlier shape, with int() guarded)."""
+    end = data.find(b"\r\n\r\n")
+    if end < 0:
+        raise (WireError if eof else IncompleteResponse)(
+            "truncated HTTP header" if eof else "header")
+    lines = data[:end].decode("latin-1").split("\r\n")
+    parts = lines[0].split(" ", 2)
+    if len(parts) < 2 or not parts[0].startswith("HTTP/1.") or not parts[1].isdigit():
+        raise WireError("bad HTTP status line")
+    try:
+        status = int(parts[1])
+    except ValueError:
+        raise WireError("bad HTTP status line") from None
+    fields = {}
+    for line in lines[1:]:
+        name, sep, value = line.partition(":")
+        if not sep:
+            raise WireError("bad HTTP header line")
+        fields[name.strip().lower()] = value.strip()
+    rest = data[end + 4:]
+    if head or status in (204, 304) or 100 <= status < 200:
+        return status, b""
+    try:
+        if "chunked" in fields.get("transfer-encoding", "").lower():
+            body = _dechunk(rest)
+        elif "content-length" in fields:
+            length = int(fields["content-length"])
+            if len(rest) < length:
+                raise IncompleteResponse("body")
+            body = rest[:length]
+        elif eof:
+            body = rest
+        else:
+            raise IncompleteResponse("body until close")
+    except IncompleteResponse:
+        if eof:
+            raise WireError("truncated HTTP body") from None
+        raise
+    except ValueError as exc:
+        raise WireError(f"bad HTTP framing: {exc}") from None
+    return status, body
 
 
 class TestHex:
