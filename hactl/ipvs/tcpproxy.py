@@ -12,8 +12,9 @@ socket, and on each socket towards a real server.
 
 Invariants:
 * bounded buffering: a pump holds at most one read's worth of bytes (in a bytes object or in
-  its pipe); while it holds any, it does not read its source (backpressure) and resumes by
-  itself once its destination has taken them;
+  its pipe); while it holds any, it does not read its source (backpressure; the source's
+  input edges are out of the epoll set meanwhile) and resumes by itself once its
+  destination has taken them;
 * a socket leaves the epoll set (`Poller.forget`) before it is closed; a closed connection is
   removed from `ProxyContext.connections` and its flow gets exactly one `FlowEvent.CLOSED`;
 * socket errors never escape a callback: each becomes a counted, logged outcome
@@ -379,6 +380,9 @@ _EV_OUT: Final = select.EPOLLOUT
 _EV_HANGUP: Final = select.EPOLLRDHUP | select.EPOLLHUP | select.EPOLLERR
 _EV_ANY: Final = _EV_IN | _EV_OUT
 _REGISTER: Final = select.EPOLLIN | select.EPOLLOUT | select.EPOLLRDHUP | select.EPOLLET
+# A socket whose reader is stalled by backpressure: output edges only (errors and hangups
+# are always reported), so data arriving meanwhile wakes nobody.
+_PAUSED: Final = select.EPOLLOUT | select.EPOLLET
 READ_BUDGET: Final = 8  # reads per readiness edge before yielding to other connections
 
 
@@ -386,10 +390,13 @@ class Poller:
     """One edge-triggered epoll set for every proxied socket, driven from the event loop.
 
     Each socket is registered once, for input and output, edge-triggered, when it is created,
-    and leaves the set when it is closed: no registration changes while a connection lives
-    (with level-triggered loop readers a connection cost a dozen epoll_ctl calls; HAProxy
-    needs three). The set's own descriptor is one `loop.add_reader`, so this works on any
-    asyncio loop, uvloop included.
+    and leaves the set when it is closed (with level-triggered loop readers a connection cost
+    a dozen epoll_ctl calls; HAProxy needs three). The only change while a connection lives
+    is for backpressure: a pump whose destination is full takes its source's input out of the
+    set (`pause_input`) until it has flushed (`resume_input`), so a bulk sender filling our
+    receive buffer does not wake the loop for every segment it queues. Request/response
+    traffic never stalls, so it never pays those two calls. The set's own descriptor is one
+    `loop.add_reader`, so this works on any asyncio loop, uvloop included.
 
     Edge-triggered rules the pumps follow: a readable edge is drained until EAGAIN (or the
     per-edge budget, after which the pump is continued on the ready list), and a pump that
@@ -412,6 +419,20 @@ class Poller:
     def register(self, fd: int, owner: TcpConnection) -> None:
         self._ep.register(fd, _REGISTER)
         self.owners[fd] = owner
+
+    def pause_input(self, fd: int) -> None:
+        """Stop input edges of `fd` (its reader is stalled); output edges still come."""
+        try:  # noqa: SIM105 - hot path: try/except costs less than contextlib.suppress
+            self._ep.modify(fd, _PAUSED)
+        except OSError:
+            pass  # not registered any more: the connection is closing
+
+    def resume_input(self, fd: int) -> None:
+        """Input edges of `fd` again; the caller reads at once (data may be waiting)."""
+        try:  # noqa: SIM105
+            self._ep.modify(fd, _REGISTER)
+        except OSError:
+            pass
 
     def forget(self, fd: int) -> None:
         """`fd` is about to be closed (closing removes it from the epoll set)."""
@@ -459,6 +480,7 @@ class _Pump:
         "eof",
         "fin_event",
         "next_epoch",
+        "paused",
         "pending",
         "pipe",
         "piped",
@@ -488,6 +510,7 @@ class _Pump:
         self.splice = False
         # `reading`: the pump wants its source's data (open, not stalled, not at EOF).
         self.reading = False
+        self.paused = False  # `src`'s input edges are out of the epoll set (backpressure)
         self.eof = False
         self.shut = False
         self.unreported = 0
@@ -573,7 +596,7 @@ class _Pump:
             self._account(n)
             if sent < n:
                 self.pending = bytes(mv[sent:n])
-                self.reading = False  # backpressure: resume once flushed
+                self._stall()
                 return
             if n < BUFFER_SIZE:
                 if not hangup:
@@ -617,7 +640,7 @@ class _Pump:
         if m < n:
             self.pipe = pipe
             self.piped = n - m
-            self.reading = False  # backpressure: resume once flushed
+            self._stall()
             return False
         pool.release(pipe)
         return True
@@ -650,7 +673,16 @@ class _Pump:
             self.shutdown_destination()
         else:
             self.reading = True
+            if self.paused:
+                self.paused = False
+                self.ctx.poller.resume_input(self.sfd)
             self.on_readable()  # the input edge may have come and gone while stalled
+
+    def _stall(self) -> None:
+        """Backpressure: `dst` is full. Stop reading `src` until `on_writable` has flushed."""
+        self.reading = False
+        self.paused = True
+        self.ctx.poller.pause_input(self.sfd)
 
     @property
     def holding(self) -> bool:
