@@ -23,7 +23,7 @@ from ipaddress import (
     IPv6Interface,
     IPv6Network,
 )
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 __all__ = [
     "AddressPort",
@@ -31,6 +31,7 @@ __all__ = [
     "IPAddress",
     "IPInterface",
     "IPNetwork",
+    "LinkCache",
     "NeighbourPort",
     "Route",
     "Rule",
@@ -110,4 +111,17 @@ class NeighbourPort(Protocol):
         self, interface: str, addresses: tuple[IPInterface, ...], *, repeat: int, interval: float
     ) -> None:
         """Send `repeat` gratuitous ARPs (IPv4) / unsolicited NAs (IPv6) per address."""
+        ...
+
+
+@runtime_checkable
+class LinkCache(Protocol):
+    """An adapter that keeps state per link *name* (a looked-up index, a socket bound to
+    the link). Optional for `AddressPort` and `NeighbourPort` implementations: one that
+    caches nothing need not have it. A caller that deletes or recreates a link under the
+    same name (a `use_vmac` macvlan) calls `forget_link`, so the next use looks the link
+    up again instead of reaching for the old, deleted one."""
+
+    def forget_link(self, interface: str) -> None:
+        """Drop whatever is cached for `interface`."""
         ...

@@ -3,7 +3,8 @@
 Layout (STYLE §8.2): `model` (frozen configuration slice), `packet` (codec), `router`
 (sans-IO state machine, sync groups), `events` (outputs), `track` (vrrp_script / track_file),
 `socket` (raw sockets), `transport` (UDP development transport), `announce` (GARP / NA),
-`notify` (scripts and FIFO), `service` (asyncio shell). `python -m hactl.vrrp` runs a
+`notify` (scripts and FIFO), `firewall` (accept mode rules), `vmac` (the `use_vmac`
+port), `service` (asyncio shell). `python -m hactl.vrrp` runs a
 service from a JSON file until `hactl run` exists.
 """
 

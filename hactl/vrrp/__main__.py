@@ -31,10 +31,12 @@ from typing import Any
 import structlog
 
 from hactl.clock import LoopClock
+from hactl.net.macvlan import NetlinkVmacPort
 from hactl.net.netlink import NetlinkAddressPort
 from hactl.net.ports import AddressPort, NeighbourPort
 from hactl.testing.fakes import InMemoryAddressPort, RecordingNeighbourPort
 from hactl.vrrp.announce import PacketAnnouncer
+from hactl.vrrp.firewall import FirewallPort, InMemoryFirewall, NftablesFirewall
 from hactl.vrrp.model import (
     AuthType,
     GarpSettings,
@@ -55,6 +57,7 @@ from hactl.vrrp.notify import Notifier
 from hactl.vrrp.service import VrrpService
 from hactl.vrrp.socket import ChannelFactory, RawChannelFactory
 from hactl.vrrp.transport import DEFAULT_UDP_PORT, UdpChannelFactory
+from hactl.vrrp.vmac import InMemoryVmacPort, VmacPort
 
 __all__ = ["config_from_json", "main"]
 
@@ -164,16 +167,24 @@ async def _run(config: VrrpConfig, *, udp_port: int | None) -> None:
     addresses: AddressPort
     neighbours: NeighbourPort
     channels: ChannelFactory
+    firewall: FirewallPort
+    vmacs: VmacPort
     netlink: NetlinkAddressPort | None = None
     announcer: PacketAnnouncer | None = None
+    macvlans: NetlinkVmacPort | None = None
     if udp_port is not None:
-        addresses = InMemoryAddressPort({i.interface: () for i in config.instances})
+        memory = InMemoryAddressPort({i.interface: () for i in config.instances})
+        addresses = memory
         neighbours = RecordingNeighbourPort()
         channels = UdpChannelFactory(port=udp_port)
+        firewall = InMemoryFirewall()
+        vmacs = InMemoryVmacPort(memory)
     else:
         addresses = netlink = NetlinkAddressPort()
         neighbours = announcer = PacketAnnouncer()
         channels = RawChannelFactory()
+        firewall = NftablesFirewall()
+        vmacs = macvlans = NetlinkVmacPort()
     log = structlog.get_logger("hactl.vrrp")
     notifier = Notifier(
         fifo=config.notify_fifo,
@@ -187,6 +198,8 @@ async def _run(config: VrrpConfig, *, udp_port: int | None) -> None:
         channels=channels,
         clock=LoopClock(),
         notifier=notifier,
+        firewall=firewall,
+        vmacs=vmacs,
     )
     # everything imported and configured is long-lived: keep it out of the collector's
     # generations so a collection never pauses the advert timer for long
@@ -198,12 +211,15 @@ async def _run(config: VrrpConfig, *, udp_port: int | None) -> None:
             announcer.close()
         if netlink is not None:
             await netlink.close()
+        if macvlans is not None:
+            await macvlans.close()
         status = service.status()
         log.info(
             "vrrp.stopped",
             unknown_vrid=status.unknown_vrid,
             send_errors=status.send_errors,
             address_errors=status.address_errors,
+            firewall_errors=status.firewall_errors,
             routers=[
                 {
                     "name": r.name,

@@ -8,7 +8,8 @@ Frames are built as keepalived sends them (spec §6.3 "Gratuitous ARP"):
 
 `frame_garp` / `frame_unsolicited_na` are pure and unit-tested; `PacketAnnouncer` owns one
 non-blocking AF_PACKET socket per interface and paces repeats with `interval` without
-blocking the loop.
+blocking the loop. A socket is bound to the link's index: `forget_link` (a `LinkCache`)
+drops it when the link is deleted or recreated under the same name.
 
 Must not import: hactl.vrrp.router, pyroute2, structlog.
 """
@@ -84,6 +85,13 @@ class PacketAnnouncer:
                     await asyncio.sleep(interval)
             if round_ + 1 < repeat and interval <= 0:
                 await asyncio.sleep(0)
+
+    def forget_link(self, interface: str) -> None:
+        """`interface` was deleted or recreated: the socket bound to it (by index) is
+        closed, and the next announcement binds to the link that now has the name."""
+        found = self._socks.pop(interface, None)
+        if found is not None:
+            found[0].close()
 
     def close(self) -> None:
         for sock, _ in self._socks.values():

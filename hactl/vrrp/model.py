@@ -205,6 +205,9 @@ class VrrpInstance:
     dont_track_primary: bool = False
     garp: GarpSettings = field(default_factory=GarpSettings)
     accept: bool = True  # keepalived default (deviation §10.5): RFC says off unless owner
+    use_vmac: bool = False  # keepalived `use_vmac`: VIPs and adverts on a macvlan (spec §1.3)
+    vmac_name: str | None = None  # `use_vmac NAME`; None: keepalived's `vrrp.<VRID>`
+    vmac_mac: str | None = None  # `use_vmac NAME MAC`; None: 00:00:5e:00:01:<VRID>
     down_timer_adverts: int = 3
     lower_prio_no_advert: bool = False
     higher_prio_send_advert: bool = False
@@ -248,6 +251,8 @@ class VrrpInstance:
             raise ValueError(f"{self.name}: down_timer_adverts must be >= 1")
         if not 1 <= self.unicast_ttl <= 255:
             raise ValueError(f"{self.name}: unicast_ttl not in 1..255")
+        if self.use_vmac and not 1 <= len(self.vmac_interface) <= 15:
+            raise ValueError(f"{self.name}: VMAC interface name must be 1..15 characters")
         peer_families = {type(p.address) for p in self.unicast_peers}
         if peer_families and peer_families != {self._address_type}:
             raise ValueError(f"{self.name}: unicast peers must match the VIP family")
@@ -276,6 +281,30 @@ class VrrpInstance:
     def owner(self) -> bool:
         """Priority 255: the address owner (RFC 5798 §6.1)."""
         return self.priority == 255
+
+    @property
+    def accepts(self) -> bool:
+        """RFC 5798 Accept_Mode as keepalived applies it: on unless `no_accept`, and always
+        on for the address owner. Off: a master drops traffic to its VIPs (firewall)."""
+        return self.accept or self.owner
+
+    @property
+    def vmac_interface(self) -> str:
+        """The macvlan's name (meaningful with `use_vmac`): given, or `vrrp.<VRID>`."""
+        return self.vmac_name or f"vrrp.{self.vrid}"
+
+    @property
+    def vip_interface(self) -> str:
+        """Where the VIPs go and GARPs leave: the VMAC with `use_vmac`, else `interface`."""
+        return self.vmac_interface if self.use_vmac else self.interface
+
+    @property
+    def advert_interface(self) -> str:
+        """Where adverts are sent and received. With `use_vmac` and multicast: the VMAC
+        (a peer's VMAC-sourced multicast arrives only there, spec §1.3). Unicast adverts
+        are addressed to the base interface's MAC, so unicast instances stay on it (as
+        keepalived's `vmac_xmit_base`)."""
+        return self.vmac_interface if self.use_vmac and not self.unicast else self.interface
 
     @property
     def auth_key(self) -> bytes:

@@ -16,14 +16,13 @@ Must not import: hactl.vrrp.router, pyroute2.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import stat
 from collections.abc import Callable
 
 from hactl.vrrp.events import VrrpState
 from hactl.vrrp.model import NotifyScripts
-from hactl.vrrp.track import user_kwargs
+from hactl.vrrp.track import kill_and_reap, user_kwargs
 
 __all__ = ["Notifier", "fifo_line", "script_commands"]
 
@@ -152,13 +151,11 @@ class Notifier:
             async with asyncio.timeout(limit):
                 await proc.wait()
         except TimeoutError as err:
-            with contextlib.suppress(ProcessLookupError):
-                proc.kill()
-            await proc.wait()
+            await kill_and_reap(proc)
             self._report(command[0], err)
         except asyncio.CancelledError:
-            with contextlib.suppress(ProcessLookupError):
-                proc.kill()
+            # killed and reaped before the cancellation goes on: no child outlives the loop
+            await kill_and_reap(proc)
             raise
 
     def _report(self, what: str, err: BaseException) -> None:

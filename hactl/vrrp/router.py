@@ -339,13 +339,17 @@ class VirtualRouter:
 
     def same_identity(self, config: VrrpInstance) -> bool:
         """Whether `config` can be applied in place: same (interface, family, VRID) and the
-        same source address (the shell demultiplexes and sends by these)."""
+        same source address (the shell demultiplexes and sends by these), and the same
+        VMAC (a macvlan with another MAC is a new link, which the VIPs must move to)."""
         old = self.config
         return (
             old.interface == config.interface
+            and old.vip_interface == config.vip_interface
+            and old.advert_interface == config.advert_interface
             and old.family is config.family
             and old.vrid == config.vrid
             and old.unicast_src_ip == config.unicast_src_ip
+            and (old.use_vmac, old.vmac_mac) == (config.use_vmac, config.vmac_mac)
         )
 
     def apply(
@@ -395,8 +399,7 @@ class VirtualRouter:
         # tracking: keep the last known value of every object still tracked
         self._tracks = self._build_tracks(config)
         self._values = {
-            key: self._values.get(key, 0 if key[0] is TrackKind.FILE else 1)
-            for key in self._tracks
+            key: self._values.get(key, 0 if key[0] is TrackKind.FILE else 1) for key in self._tracks
         }
         # priority (and tracking weights): the next periodic advert carries the new value
         announce = state is not VrrpState.INIT
@@ -415,8 +418,10 @@ class VirtualRouter:
         # advert_int: RFC 5798 §6.4.3 the master restarts its Adver_Timer; a backup keeps
         # the master's interval it learnt (v3) and re-arms Master_Down_Timer with it
         new_int = round(config.advert_interval * 100)
-        if new_int != self._adver_int_cs or config.version != old.version or (
-            config.down_timer_adverts != old.down_timer_adverts
+        if (
+            new_int != self._adver_int_cs
+            or config.version != old.version
+            or (config.down_timer_adverts != old.down_timer_adverts)
         ):
             self._adver_int_cs = new_int
             if master:
@@ -455,15 +460,15 @@ class VirtualRouter:
         added = tuple(v for v in new.vips if v not in old.vips)
         if dropped:
             self._events.append(
-                RemoveAddresses(instance=self.name, interface=new.interface, addresses=dropped)
+                RemoveAddresses(instance=self.name, interface=new.vip_interface, addresses=dropped)
             )
         if added:
             self._events.append(
                 AddAddresses(
                     instance=self.name,
-                    interface=new.interface,
+                    interface=new.vip_interface,
                     addresses=added,
-                    accept=new.accept or new.owner,
+                    accept=new.accepts,
                 )
             )
         came_routes = tuple(r for r in new.virtual_routes if r not in old.virtual_routes)
@@ -475,7 +480,7 @@ class VirtualRouter:
             self._events.append(
                 AnnounceAddresses(
                     instance=self.name,
-                    interface=new.interface,
+                    interface=new.vip_interface,
                     addresses=added,
                     repeat=garp.master_repeat,
                     interval=garp.interval,
@@ -697,9 +702,9 @@ class VirtualRouter:
             self._events.append(
                 AddAddresses(
                     instance=self.name,
-                    interface=self.config.interface,
+                    interface=self.config.vip_interface,
                     addresses=vips,
-                    accept=self.config.accept or self.config.owner,
+                    accept=self.config.accepts,
                 )
             )
         if self.config.virtual_routes or self.config.virtual_rules:
@@ -822,7 +827,9 @@ class VirtualRouter:
         if self.config.vips:
             self._events.append(
                 RemoveAddresses(
-                    instance=self.name, interface=self.config.interface, addresses=self.config.vips
+                    instance=self.name,
+                    interface=self.config.vip_interface,
+                    addresses=self.config.vips,
                 )
             )
 
@@ -831,7 +838,7 @@ class VirtualRouter:
             self._events.append(
                 AnnounceAddresses(
                     instance=self.name,
-                    interface=self.config.interface,
+                    interface=self.config.vip_interface,
                     addresses=self.config.vips,
                     repeat=repeat,
                     interval=self.config.garp.interval,

@@ -12,8 +12,15 @@ events, carry them out through ports, re-arm one deadline.
   (advert first, then addresses, then announcements, then notifies).
 * Tracked interfaces and files are polled; vrrp_scripts run in a `ScriptRunner`.
 * Leaving always runs (finally): every router shuts down (priority-0 advert when master),
-  the VIPs are removed, channels closed, STOP notifies given their 1 s.
-* Starting removes VIPs a crashed previous run left behind (the routers ask for it).
+  the VIPs are removed, channels closed, VMAC macvlans and firewall tables deleted, STOP
+  notifies given their 1 s.
+* Starting removes VIPs a crashed previous run left behind (the routers ask for it), and
+  the firewall tables it left (`FirewallPort.reset`).
+* Accept mode off (`no_accept`, not owner): the VIPs are blocked in the firewall before
+  they are added and unblocked after they are removed (keepalived's order).
+* `use_vmac`: the macvlan is created before the instance's channel opens and deleted after
+  it closes; the VIPs, GARPs and (multicast) adverts use it (`VrrpInstance.vip_interface`,
+  `advert_interface`).
 
 Must not import: pyroute2 (ports are injected), the configuration front end.
 """
@@ -27,13 +34,13 @@ from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv6Address
-from typing import Any
+from typing import Any, Literal
 
 import structlog
 
 from hactl.clock import Clock, LoopClock
 from hactl.errors import HactlError, KernelError, NotSupported, VrrpDecodeError
-from hactl.net.ports import AddressPort, NeighbourPort
+from hactl.net.ports import AddressPort, LinkCache, NeighbourPort
 from hactl.vrrp.events import (
     AddAddresses,
     AddRoutes,
@@ -50,6 +57,7 @@ from hactl.vrrp.events import (
     VrrpEvent,
     VrrpState,
 )
+from hactl.vrrp.firewall import FirewallPort
 from hactl.vrrp.model import AuthType, Family, IPAddress, Route, Rule, VrrpConfig, VrrpInstance
 from hactl.vrrp.notify import Notifier
 from hactl.vrrp.packet import (
@@ -69,9 +77,12 @@ from hactl.vrrp.router import (
     VirtualRouter,
 )
 from hactl.vrrp.socket import Channel, ChannelFactory, Inbound
+from hactl.vrrp.timerfd import TimerFd
 from hactl.vrrp.track import ScriptRunner, ScriptStateChanged, read_track_file
+from hactl.vrrp.vmac import VmacPort, vmac_address
 
 __all__ = ["ServiceStatus", "VrrpService"]
+
 
 _ChannelKey = tuple[str, Family]
 
@@ -86,6 +97,7 @@ class ServiceStatus:
     unknown_vrid: int
     send_errors: int
     address_errors: int
+    firewall_errors: int = 0
 
 
 @dataclass(slots=True)
@@ -108,6 +120,13 @@ class VrrpService:
         on_state_changed: called with (instance name, new state) after each transition has
             been carried out (the director follows mastership with it instead of polling);
             it must not block or raise.
+        firewall: drop rules for `no_accept` and the VMAC IGMP redirect; None refuses
+            instances that need it.
+        vmacs: creates the `use_vmac` macvlans; None refuses instances that need it.
+
+    Raises:
+        NotSupported: an instance needs a firewall or a VMAC port that was not given, or
+            asks for `use_vmac` over IPv6 (not implemented).
     """
 
     def __init__(
@@ -122,14 +141,12 @@ class VrrpService:
         link_poll_interval: float = 0.2,
         file_poll_interval: float = 0.5,
         on_state_changed: Callable[[str, VrrpState], None] | None = None,
+        firewall: FirewallPort | None = None,
+        vmacs: VmacPort | None = None,
     ) -> None:
-        for inst in config.instances:
-            if not inst.accept and not inst.owner:
-                # refuse rather than pretend: dropping traffic to the VIPs needs firewall
-                # rules hactl does not install yet
-                raise NotSupported(
-                    "no_accept", errno.EOPNOTSUPP, f"{inst.name}: no_accept is not supported"
-                )
+        self._firewall = firewall
+        self._vmac_port = vmacs
+        self._check_supported(config)
         self.config = config
         self._addresses = addresses
         self._neighbours = neighbours
@@ -150,9 +167,13 @@ class VrrpService:
         self._inbox: list[tuple[_ChannelKey, Inbound] | ScriptStateChanged] = []
         self._ifindex: dict[str, int] = {}
         self._wake = asyncio.Event()
+        self._fed_at = float("-inf")  # the latest `now` the loop gave the routers
+        self._timer: TimerFd | Literal[False] | None = None  # False: none to be had
         self._counters: Counter[str] = Counter()
         self._background: set[asyncio.Task[None]] = set()
         self._tg: asyncio.TaskGroup | None = None
+        self._blocked: dict[str, set[IPAddress]] = {}  # instance -> addresses in the firewall
+        self._vmacs: dict[str, tuple[str, str]] = {}  # macvlan -> (base, MAC), as created
         self._scripts_task: asyncio.Task[None] | None = None
         self._links_task: asyncio.Task[None] | None = None
         self._files_task: asyncio.Task[None] | None = None
@@ -166,7 +187,27 @@ class VrrpService:
             unknown_vrid=self._counters["unknown_vrid"],
             send_errors=self._counters["send_errors"],
             address_errors=self._counters["address_errors"],
+            firewall_errors=self._counters["firewall_errors"],
         )
+
+    def _check_supported(self, config: VrrpConfig) -> None:
+        # refuse rather than pretend: an instance whose traffic rules or macvlan cannot be
+        # installed must not run as if they were
+        for inst in config.instances:
+            if not inst.accepts and self._firewall is None:
+                raise NotSupported(
+                    "no_accept", errno.EOPNOTSUPP, f"{inst.name}: no_accept needs a firewall port"
+                )
+            if inst.use_vmac and inst.family is Family.INET6:
+                raise NotSupported(
+                    "use_vmac",
+                    errno.EOPNOTSUPP,
+                    f"{inst.name}: use_vmac over IPv6 is not supported",
+                )
+            if inst.use_vmac and self._vmac_port is None:
+                raise NotSupported(
+                    "use_vmac", errno.EOPNOTSUPP, f"{inst.name}: use_vmac needs a VMAC port"
+                )
 
     async def run(self, *, shutdown_trigger: Callable[[], Awaitable[Any]]) -> None:
         """Run until `shutdown_trigger` returns (or the task is cancelled), then leave.
@@ -227,18 +268,16 @@ class VrrpService:
         * sync groups are rebuilt by name around the same routers, keeping their states.
 
         Raises:
-            NotSupported: an instance asks for no_accept (nothing is changed).
+            NotSupported: an instance needs a port this service was not given (nothing is
+                changed).
             KernelError: an added instance's interface has no usable address (nothing is
                 changed).
         """
-        for inst in config.instances:
-            if not inst.accept and not inst.owner:
-                raise NotSupported(
-                    "no_accept", errno.EOPNOTSUPP, f"{inst.name}: no_accept is not supported"
-                )
+        self._check_supported(config)
         old_config = self.config
         if config == old_config:
             return
+        self._fed_at = max(self._fed_at, now)
         if not self.started.is_set() or self._leaving:
             # not running (yet, or any more): setup reads the slice, leaving ignores it
             self.config = config
@@ -267,8 +306,12 @@ class VrrpService:
             del self.routers[inst.name]
             router.shutdown(now=now)
             await self._drain_router(router)  # its priority-0 advert still needs the binding
-            self._bindings.pop((inst.interface, inst.family, inst.vrid), None)
+            self._bindings.pop((inst.advert_interface, inst.family, inst.vrid), None)
+            self._blocked.pop(inst.name, None)
         self.config = config
+        for inst in config.instances:
+            if inst.name not in self.routers:
+                await self._add_vmac(inst)
         added: list[VirtualRouter] = []
         for inst in config.instances:
             group = in_group.get(inst.name)
@@ -282,20 +325,23 @@ class VrrpService:
                 tracking_weight=tracking_weight,
                 script_weights=weights,
             )
-            key: _ChannelKey = (inst.interface, inst.family)
+            key: _ChannelKey = (inst.advert_interface, inst.family)
             channel = self._channels.get(key)
             if channel is None:
                 channel = self._open_channel(inst, primary)
                 self._channels[key] = channel
-            self._bindings[(inst.interface, inst.family, inst.vrid)] = _Binding(router, channel)
+            self._bindings[(inst.advert_interface, inst.family, inst.vrid)] = _Binding(
+                router, channel
+            )
             self.routers[inst.name] = router
             added.append(router)
         self._refresh_channels()
+        await self._remove_vmacs(keep={i.vmac_interface for i in config.instances if i.use_vmac})
         # keep the configuration order (status, drain order)
         self.routers = {i.name: self.routers[i.name] for i in config.instances}
         self._own = {}
         for router in self.routers.values():
-            key = (router.config.interface, router.config.family)
+            key = (router.config.advert_interface, router.config.family)
             self._own.setdefault(key, set()).add(router.primary_address)
         for group_config in config.sync_groups:
             members = [self.routers[m] for m in group_config.members]
@@ -313,6 +359,13 @@ class VrrpService:
                     tracking_weight=group is None or group.sync_group_tracking_weight,
                     script_weights=weights,
                 )
+                if kept.state is VrrpState.MASTER:
+                    # accept mode changed on a master: its VIPs stay, the rules follow
+                    vips = tuple(v.ip for v in inst.vips)
+                    if inst.accepts:
+                        await self._unblock(inst.name, vips)
+                    else:
+                        await self._block(inst.name, vips)
         init_fail = {s.name for s in config.scripts if s.init_fail}
         for router in added:
             for kind, name in router.tracks():
@@ -345,7 +398,7 @@ class VrrpService:
                 script_weights=weights,
             )
             self.routers[inst.name] = router
-            key: _ChannelKey = (inst.interface, inst.family)
+            key: _ChannelKey = (inst.advert_interface, inst.family)
             self._own.setdefault(key, set()).add(primary)
         for group_config in self.config.sync_groups:
             members = [self.routers[m] for m in group_config.members]
@@ -359,30 +412,33 @@ class VrrpService:
                     router.set_track(kind, name, False, now=now)
         await self._poll_links_once(now=now)
         self._poll_files_once(now=now)
+        await self._reset_firewall()
+        for router in self.routers.values():
+            await self._add_vmac(router.config)
         for router in self.routers.values():
             inst = router.config
-            key = (inst.interface, inst.family)
+            key = (inst.advert_interface, inst.family)
             channel = self._channels.get(key)
             if channel is None:
                 channel = self._open_channel(inst, router.primary_address)
                 self._channels[key] = channel
-            binding_key = (inst.interface, inst.family, inst.vrid)
+            binding_key = (inst.advert_interface, inst.family, inst.vrid)
             if binding_key in self._bindings:
                 raise HactlError(f"{inst.name}: VRID {inst.vrid} used twice on {inst.interface}")
             self._bindings[binding_key] = _Binding(router, channel)
 
     def _channel_flags(self, key: _ChannelKey) -> tuple[bool, bool]:
         """(multicast, ah) the instances on one (interface, family) need from its channel."""
-        same = [i for i in self.config.instances if (i.interface, i.family) == key]
+        same = [i for i in self.config.instances if (i.advert_interface, i.family) == key]
         return any(not i.unicast for i in same), any(i.auth_type is AuthType.AH for i in same)
 
     def _open_channel(self, inst: VrrpInstance, source: IPAddress) -> Channel:
-        key: _ChannelKey = (inst.interface, inst.family)
+        key: _ChannelKey = (inst.advert_interface, inst.family)
         multicast, ah = self._channel_flags(key)
         self._opened_flags[key] = (multicast, ah)
-        ifindex = self._ifindex.get(inst.interface, 0)
+        ifindex = self._ifindex.get(inst.advert_interface, 0)
         return self._channel_factory.open(
-            interface=inst.interface,
+            interface=inst.advert_interface,
             ifindex=ifindex,
             family=inst.family,
             source=source,
@@ -450,7 +506,8 @@ class VrrpService:
             now = self._clock.now()
             inbox, self._inbox = self._inbox, []
             for item in inbox:
-                self._feed(item, now=now)
+                self._feed(item, now=self._arrival(item, now=now))
+            self._fed_at = now
             for router in self.routers.values():
                 deadline = router.next_deadline()
                 if deadline is not None and now >= deadline:
@@ -465,8 +522,18 @@ class VrrpService:
         if deadline <= self._clock.now():
             return
         if isinstance(self._clock, LoopClock):
-            # fast path: the loop's own timer sets the wake event at the deadline (one timer
-            # handle, no tasks), which keeps advert and takeover jitter low
+            # fast path: a kernel timer sets the wake event at the deadline (no tasks). A
+            # timerfd fires on time; asyncio's own timers wait in epoll, whose whole
+            # milliseconds round every deadline up (timerfd.py), which a takeover pays
+            if self._timer is None:
+                self._timer = TimerFd.open(self._wake.set) or False
+            if self._timer:
+                self._timer.arm(deadline)
+                try:
+                    await self._wake.wait()
+                finally:
+                    self._timer.disarm()
+                return
             handle = asyncio.get_running_loop().call_at(deadline, self._wake.set)
             try:
                 await self._wake.wait()
@@ -480,6 +547,18 @@ class VrrpService:
         finally:
             for task in (waker, sleeper):
                 task.cancel()
+
+    def _arrival(
+        self, item: tuple[_ChannelKey, Inbound] | ScriptStateChanged, *, now: float
+    ) -> float:
+        """The `now` an inbox item is fed with. RFC 5798 §6.4.2 resets the Master_Down_Timer
+        when the advert is *received*: the kernel's receive time when the channel knows it
+        (a loop busy elsewhere would otherwise push the takeover back by its own delay),
+        never earlier than what the routers have already seen (their time never goes
+        back)."""
+        if isinstance(item, tuple) and item[1].received_at is not None:
+            return max(self._fed_at, min(now, item[1].received_at))
+        return now
 
     def _received(self, key: _ChannelKey, inbound: Inbound) -> None:
         self._inbox.append((key, inbound))
@@ -545,6 +624,9 @@ class VrrpService:
             assert router is not None
             self._send(router, event)
         elif isinstance(event, AddAddresses):
+            if not event.accept:
+                # RFC 5798 §6.4.3 Accept_Mode off: the drop rule goes in before the VIPs
+                await self._block(event.instance, tuple(a.ip for a in event.addresses))
             for address in event.addresses:
                 try:
                     await self._addresses.add_address(event.interface, address)
@@ -571,12 +653,17 @@ class VrrpService:
                         address=str(address),
                         error=str(err),
                     )
+            # ... and comes out after they are gone
+            await self._unblock(event.instance, tuple(a.ip for a in event.addresses))
         elif isinstance(event, AddRoutes):
             await self._routes(event.instance, event.routes, event.rules, add=True)
         elif isinstance(event, RemoveRoutes):
             await self._routes(event.instance, event.routes, event.rules, add=False)
         elif isinstance(event, AnnounceAddresses):
             self._spawn(self._announce(event))
+            # let its first round leave now, before the state change is logged and notified:
+            # until the GARPs arrive, clients still send to the old master's MAC
+            await asyncio.sleep(0)
         elif isinstance(event, StateChanged):
             log.info(
                 "vrrp.state_changed",
@@ -630,7 +717,7 @@ class VrrpService:
 
     def _send(self, router: VirtualRouter, event: SendAdvertisement) -> None:
         inst = router.config
-        binding = self._bindings[(inst.interface, inst.family, inst.vrid)]
+        binding = self._bindings[(inst.advert_interface, inst.family, inst.vrid)]
         source = router.primary_address
         if inst.unicast:
             targets: list[IPAddress] = [p.address for p in inst.unicast_peers]
@@ -718,6 +805,7 @@ class VrrpService:
             await self._drain()
 
     async def _poll_links_once(self, *, now: float) -> None:
+        self._fed_at = max(self._fed_at, now)
         for name in self._tracked_links():
             try:
                 up = await self._addresses.link_is_up(name)
@@ -736,6 +824,7 @@ class VrrpService:
             await self._drain()
 
     def _poll_files_once(self, *, now: float) -> None:
+        self._fed_at = max(self._fed_at, now)
         for name, path in self._tracked_files().items():
             value = read_track_file(path)
             for router in self.routers.values():
@@ -761,7 +850,139 @@ class VrrpService:
             with contextlib.suppress(OSError):
                 channel.close()
         self._channels.clear()
+        if self._timer:
+            self._timer.close()
+        self._timer = None
+        await self._remove_vmacs(keep=set())
+        if self._firewall is not None:
+            try:
+                await self._firewall.close()
+            except (HactlError, OSError) as err:
+                self._counters["firewall_errors"] += 1
+                self._log.error("vrrp.firewall_failed", op="close", error=str(err))
         await self._notifier.aclose()
+
+    # ------------------------------------------------------------------ firewall, VMAC
+
+    async def _reset_firewall(self) -> None:
+        """Delete what a crashed run left. Without `no_accept` instances, a firewall that
+        cannot be used (no `nft`, no CAP_NET_ADMIN) is not an error: it is logged, and a
+        `use_vmac` instance runs without the IGMP redirect."""
+        if self._firewall is None:
+            return
+        needed = any(not i.accepts for i in self.config.instances)
+        try:
+            await self._firewall.reset()
+        except (HactlError, OSError) as err:
+            if needed:
+                raise
+            self._log.debug("vrrp.firewall_unavailable", error=str(err))
+
+    async def _block(self, instance: str, addresses: tuple[IPAddress, ...]) -> None:
+        blocked = self._blocked.setdefault(instance, set())
+        new = tuple(a for a in addresses if a not in blocked)
+        if not new or self._firewall is None:
+            return
+        try:
+            await self._firewall.block(new)
+        except (HactlError, OSError) as err:
+            self._counters["firewall_errors"] += 1
+            self._log.error("vrrp.firewall_failed", op="block", instance=instance, error=str(err))
+            return
+        blocked.update(new)
+        self._log.info("vrrp.firewall_blocked", instance=instance, addresses=list(map(str, new)))
+
+    async def _unblock(self, instance: str, addresses: tuple[IPAddress, ...]) -> None:
+        blocked = self._blocked.get(instance, set())
+        gone = tuple(a for a in addresses if a in blocked)
+        if not gone or self._firewall is None:
+            return
+        try:
+            await self._firewall.unblock(gone)
+        except (HactlError, OSError) as err:
+            self._counters["firewall_errors"] += 1
+            self._log.error("vrrp.firewall_failed", op="unblock", instance=instance, error=str(err))
+            return
+        blocked.difference_update(gone)
+        self._log.info("vrrp.firewall_unblocked", instance=instance, addresses=list(map(str, gone)))
+
+    async def _add_vmac(self, inst: VrrpInstance) -> None:
+        """Create the instance's macvlan (failures raise: the instance cannot run)."""
+        if not inst.use_vmac or self._vmac_port is None:
+            return
+        name = inst.vmac_interface
+        wanted = (inst.interface, inst.vmac_mac or vmac_address(inst.vrid, inst.family))
+        if self._vmacs.get(name) != wanted:
+            # a new link, or one that replaces a macvlan of that name (another base or
+            # MAC): whatever was looked up or bound by its name is stale from here on
+            self._vmacs.pop(name, None)
+            try:
+                await self._vmac_port.add_vmac(base=wanted[0], name=name, mac=wanted[1])
+            except BaseException:
+                self._forget_link(name)  # whatever the port got done, the old link may be gone
+                raise
+            await self._link_replaced(name)
+            self._vmacs[name] = wanted
+            self._log.info("vrrp.vmac_added", instance=inst.name, vmac=name, base=inst.interface)
+            if self._firewall is not None:
+                # best effort, as without a firewall keepalived still runs its VMACs: only
+                # the backups' multicast reports would show the virtual MAC to switches
+                try:
+                    await self._firewall.add_vmac(name, inst.interface)
+                except (HactlError, OSError) as err:
+                    self._counters["firewall_errors"] += 1
+                    self._log.warning(
+                        "vrrp.firewall_failed", op="add_vmac", vmac=name, error=str(err)
+                    )
+        self._ifindex[name] = await self._addresses.link_index(name)
+
+    async def _link_replaced(self, name: str) -> None:
+        """Link `name` was created, recreated or deleted: its index is not the one cached
+        here or in the ports (their index cache, the announcer's bound socket), and a
+        channel bound to it would send and receive on a link that is gone. Forget them;
+        channels still in use are reopened on the current link."""
+        self._forget_link(name)
+        for key in [k for k in self._channels if k[0] == name]:
+            with contextlib.suppress(OSError):
+                self._channels.pop(key).close()
+            self._opened_flags.pop(key, None)
+            users = [b for k, b in self._bindings.items() if (k[0], k[1]) == key]
+            if users:
+                self._ifindex[name] = await self._addresses.link_index(name)
+                first = users[0].router
+                fresh = self._open_channel(first.config, first.primary_address)
+                self._channels[key] = fresh
+                for binding in users:
+                    binding.channel = fresh
+
+    def _forget_link(self, name: str) -> None:
+        self._ifindex.pop(name, None)
+        for port in (self._addresses, self._neighbours):
+            if isinstance(port, LinkCache):
+                port.forget_link(name)
+
+    async def _remove_vmacs(self, *, keep: set[str]) -> None:
+        for name, (base, _mac) in list(self._vmacs.items()):
+            if name in keep:
+                continue
+            del self._vmacs[name]
+            if self._firewall is not None:
+                try:
+                    await self._firewall.remove_vmac(name)
+                except (HactlError, OSError) as err:
+                    self._counters["firewall_errors"] += 1
+                    self._log.warning(
+                        "vrrp.firewall_failed", op="remove_vmac", vmac=name, error=str(err)
+                    )
+            try:
+                assert self._vmac_port is not None
+                await self._vmac_port.remove_vmac(base=base, name=name)
+            except (HactlError, OSError) as err:
+                self._counters["address_errors"] += 1
+                self._log.error("vrrp.vmac_failed", op="remove", vmac=name, error=str(err))
+            else:
+                self._log.info("vrrp.vmac_removed", vmac=name, base=base)
+            await self._link_replaced(name)
 
 
 def _vrid_of(inbound: Inbound) -> int | None:

@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import struct
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv6Address, ip_address
@@ -43,6 +44,24 @@ IP_MULTICAST_ALL = 49
 IPV6_MULTICAST_ALL = 29
 _RECV_SIZE = 65535
 _CMSG_SPACE = socket.CMSG_SPACE(64) * 2
+SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)
+_TIMESPEC = struct.Struct("@qq")
+_TIMESTAMP_SPACE = socket.CMSG_SPACE(_TIMESPEC.size)
+_MAX_RECEIVE_AGE = 1.0
+
+
+def kernel_receive_time(
+    ancdata: list[tuple[int, int, bytes]], loop: asyncio.AbstractEventLoop
+) -> float | None:
+    """The kernel's SO_TIMESTAMPNS receive time (wall clock) moved to the loop's monotonic
+    clock through its age; None without one, or when the wall clock jumped meanwhile."""
+    for level, kind, value in ancdata:
+        if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS and len(value) >= _TIMESPEC.size:
+            sec, nsec = _TIMESPEC.unpack_from(value)
+            age = time.time() - (int(sec) + int(nsec) * 1e-9)
+            if 0.0 <= age < _MAX_RECEIVE_AGE:
+                return loop.time() - age
+    return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,6 +73,9 @@ class Inbound:
     dst: IPAddress
     ttl: int
     ipv4_datagram: bool
+    # when the kernel received it, on the loop's clock (None: not known); the down timer
+    # runs from here, not from when a busy loop got round to reading it
+    received_at: float | None = None
 
 
 OnReceive = Callable[[Inbound], None]
@@ -127,6 +149,7 @@ class _RawIpv4Channel:
                 sock.setsockopt(socket.IPPROTO_IP, socket.IP_HDRINCL, 1)
                 sock.setsockopt(socket.IPPROTO_IP, IP_MULTICAST_ALL, 0)
                 sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_LOOP, 0)
+                sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
                 mreqn_if = struct.pack("4s4si", b"\0" * 4, b"\0" * 4, ifindex)
                 sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_IF, mreqn_if)
                 if multicast:
@@ -140,7 +163,7 @@ class _RawIpv4Channel:
     def _readable(self, sock: socket.socket) -> None:
         while True:
             try:
-                data = sock.recv(_RECV_SIZE)
+                data, ancdata, _flags, _addr = sock.recvmsg(_RECV_SIZE, _TIMESTAMP_SPACE)
             except (BlockingIOError, InterruptedError):
                 return
             except OSError:
@@ -154,6 +177,7 @@ class _RawIpv4Channel:
                     dst=IPv4Address(data[16:20]),
                     ttl=data[8],
                     ipv4_datagram=True,
+                    received_at=kernel_receive_time(ancdata, self._loop),
                 )
             )
 
@@ -245,6 +269,7 @@ class _RawIpv6Channel(RecvmsgChannel):
         sock.setsockopt(v6, socket.IPV6_TCLASS, 0xC0)
         sock.setsockopt(v6, socket.IPV6_RECVHOPLIMIT, 1)
         sock.setsockopt(v6, socket.IPV6_RECVPKTINFO, 1)
+        sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
         sock.setsockopt(v6, IPV6_MULTICAST_ALL, 0)
         if self._multicast:
             mreq = struct.pack("16sI", MCAST_GROUP6.packed, self._ifindex)
@@ -262,7 +287,14 @@ class _RawIpv6Channel(RecvmsgChannel):
                 hop_limit = struct.unpack("i", value[:4])[0]
             elif kind == socket.IPV6_PKTINFO and len(value) >= 16:
                 dst = IPv6Address(value[:16])
-        return Inbound(data=data, src=src, dst=dst, ttl=hop_limit, ipv4_datagram=False)
+        return Inbound(
+            data=data,
+            src=src,
+            dst=dst,
+            ttl=hop_limit,
+            ipv4_datagram=False,
+            received_at=kernel_receive_time(ancdata, self._loop),
+        )
 
     def send(self, data: bytes, dst: IPAddress, *, ttl: int) -> None:
         pktinfo = struct.pack("16sI", self._source.packed, self._ifindex)

@@ -6,7 +6,9 @@ run schedule (every `interval`, measured from the previous start) and init_fail.
 
 `ScriptRunner` is the shell: one task per script, the command run with
 `asyncio.create_subprocess_exec` (never blocking the loop), killed at `timeout`; exit 0 is
-success, anything else (or a timeout) failure, as keepalived does. Results reach the VRRP
+success, anything else (or a timeout) failure, as keepalived does. A script still running
+when the runner is cancelled is killed and reaped before the cancellation goes on
+(`kill_and_reap`), so no child outlives the service's event loop. Results reach the VRRP
 service through a callback.
 
 `read_track_file` reads keepalived's track_file format: a C `strtol(buf, NULL, 0)` of the
@@ -96,6 +98,24 @@ def user_kwargs(user: str | None) -> dict[str, object]:
     return {"user": entry.pw_uid, "group": entry.pw_gid}
 
 
+_REAP_TIMEOUT = 2.0
+
+
+async def kill_and_reap(proc: asyncio.subprocess.Process) -> None:
+    """SIGKILL a child and collect its exit status while the loop still runs.
+
+    A child left to exit on its own after its task was cancelled is reaped by asyncio's
+    child watcher later, possibly after the loop has closed ("Loop ... that handles pid ...
+    is closed"): so every path that gives up on a child kills it *and* waits for it.
+    Bounded: a killed child only outlives the bound in uninterruptible sleep.
+    """
+    with contextlib.suppress(ProcessLookupError):
+        proc.kill()
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(_REAP_TIMEOUT):
+            await proc.wait()
+
+
 async def run_script(command: tuple[str, ...], *, script_timeout: float, user: str | None) -> bool:
     """Run once; True for exit status 0 within `script_timeout`. Never raises for script failure."""
     kwargs = user_kwargs(user)
@@ -113,14 +133,11 @@ async def run_script(command: tuple[str, ...], *, script_timeout: float, user: s
         async with asyncio.timeout(script_timeout):
             return await proc.wait() == 0
     except TimeoutError:
-        with contextlib.suppress(ProcessLookupError):
-            proc.kill()
-        await proc.wait()
+        await kill_and_reap(proc)
         return False
     except asyncio.CancelledError:
-        # the service is leaving: do not leave the script running behind us
-        with contextlib.suppress(ProcessLookupError):
-            proc.kill()
+        # the service is leaving: do not leave the script running (or unreaped) behind us
+        await kill_and_reap(proc)
         raise
 
 

@@ -538,8 +538,9 @@ def test_advert_int_change_rearms_the_timers() -> None:
     assert r.pop_events() == []
     assert r.next_deadline() == pytest.approx(7.0)  # RFC 5798 §6.4.3: Adver_Timer restarted
     r.handle_timer(now=7.0)
-    assert [e.advertisement.adver_int_cs for e in r.pop_events()
-            if isinstance(e, SendAdvertisement)] == [300]
+    assert [
+        e.advertisement.adver_int_cs for e in r.pop_events() if isinstance(e, SendAdvertisement)
+    ] == [300]
     b = _backup()
     b.apply(cfg(advert_interval=2.0), now=2.0)
     assert b.pop_events() == []
@@ -554,8 +555,9 @@ def test_vip_change_on_the_master_adds_removes_and_announces() -> None:
     assert events == [
         RemoveAddresses(instance="VI_1", interface="eth0", addresses=(VIP,)),
         AddAddresses(instance="VI_1", interface="eth0", addresses=(VIP2,), accept=True),
-        AnnounceAddresses(instance="VI_1", interface="eth0", addresses=(VIP2,), repeat=5,
-                          interval=0.0),
+        AnnounceAddresses(
+            instance="VI_1", interface="eth0", addresses=(VIP2,), repeat=5, interval=0.0
+        ),
     ]
     assert r.state is VrrpState.MASTER
     r.handle_timer(now=r.next_deadline() or 0.0)
