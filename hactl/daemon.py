@@ -19,9 +19,16 @@
 * VRRP: raw sockets and netlink when running as root; otherwise the unprivileged UDP
   development transport for unicast instances, with VIPs kept in memory (loudly warned).
   The VRRP master state drives `ha_suspend` (checks run only while master) and the sync role.
+* Kernel backend (`KernelIpvsBackend`, docs/kernel-backend.md): keepalived's global settings
+  act on the kernel's table: `lvs_flush` empties it at start, the `ipvs_sysctl` tunables
+  named are written (only those) and `lvs_timeouts` set, the configured services are adopted
+  (left by a previous run, they are reconciled, not only re-added), and `lvs_sync_daemon`
+  runs the kernel's own sync daemon: backup from start, master while the followed VRRP
+  instance is MASTER (`KernelSyncDaemons`), stopped at stop.
 * Shutdown (`shutdown_trigger` returns): sync flushed and stopped, VRRP leaves (priority-0
   advert, VIPs removed), checks stop (omega scripts), then listeners closed and the managed
-  IPVS services removed. Reverse order of start; every step is attempted and logged.
+  IPVS services removed (the whole kernel table with `lvs_flush_on_stop` ALL). Reverse order
+  of start; every step is attempted and logged.
 * Reload (`reload()`): a configuration with errors changes nothing; a valid one is derived
   and applied by key: checks keep health state for kept servers, the table changes by plan
   only, listeners of kept services keep their sockets and connections, and VRRP routers
@@ -36,6 +43,7 @@ import asyncio
 import contextlib
 import enum
 import errno
+import gc
 import os
 import random
 import socket
@@ -75,9 +83,10 @@ from hactl.checks import (
 )
 from hactl.clock import Clock
 from hactl.config import Config, Loaded
+from hactl.config.keywords import FlushOnStop
 from hactl.derive import Derived, derive, desired_table, reload_changes, service_label
 from hactl.errors import ConfigErrors, HactlError, NotSupported
-from hactl.ipvs.backend import IpvsBackend
+from hactl.ipvs.backend import IpvsBackend, KernelIpvsBackend
 from hactl.ipvs.dataplane import DataPlane, DataPlaneSettings, ServiceOptions
 from hactl.ipvs.engine import EngineOptions, IpvsEngine
 from hactl.ipvs.events import SyncConnNeeded
@@ -103,13 +112,16 @@ from hactl.ipvs.plan import (
     IpvsOp,
     plan,
 )
+from hactl.ipvs.procfs import render_sysctl
 from hactl.ipvs.userspace import UserspaceIpvs
 from hactl.net.ports import AddressPort, IPInterface, NeighbourPort
 from hactl.sync import SyncRole, SyncService
-from hactl.sync.kernel import KernelSyncProbe
+from hactl.sync.kernel import KernelSyncDaemons, KernelSyncProbe
 from hactl.sync.model import SyncStats
 from hactl.vrrp.events import VrrpState
+from hactl.vrrp.firewall import FirewallPort
 from hactl.vrrp.socket import ChannelFactory
+from hactl.vrrp.vmac import VmacPort
 
 __all__ = [
     "ApiDirector",
@@ -179,6 +191,8 @@ class VrrpPorts:
     channels: ChannelFactory
     transport: str  # "raw" or "udp-dev": logged, and the dev transport is warned about
     close: Callable[[], Coroutine[Any, Any, None]] | None = None
+    firewall: FirewallPort | None = None  # no_accept drop rules, VMAC IGMP redirect
+    vmacs: VmacPort | None = None  # use_vmac macvlans
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -294,6 +308,11 @@ class Director:
         rng: randomness for the engine and check warmup.
         api: serve the control API (None: no API, no override state file).
         config_path: the configuration file, as reported by the API.
+        freeze_heap: once started and after each reload, move the long-lived objects
+            (configuration model, tables, check state) out of the collector's generations
+            (gc.freeze): with 10,000 real servers a full collection over them pauses the
+            loop for hundreds of milliseconds, enough to delay adverts and checks. `hactl
+            run` sets it; tests sharing one process leave it off.
     """
 
     def __init__(
@@ -308,8 +327,10 @@ class Director:
         rng: random.Random | None = None,
         api: ApiSettings | None = None,
         config_path: str = "",
+        freeze_heap: bool = False,
     ) -> None:
         self.config = config
+        self._freeze_heap = freeze_heap
         self.derived = derive(config)
         self.config_path = config_path
         self.config_loaded_at = time.time()
@@ -323,6 +344,11 @@ class Director:
             self.embedded = EmbeddedIpvs.create(self.derived, clock=clock, rng=self._rng)
             backend = self.embedded.backend
         self.backend: IpvsBackend = backend
+        # The kernel's table (shared with the system): keepalived's global IPVS settings.
+        self.kernel = backend if isinstance(backend, KernelIpvsBackend) else None
+        # The kernel's own sync daemon (lvs_sync_daemon with the kernel backend).
+        self.kernel_sync: KernelSyncDaemons | None = None
+        self._backend_ready = False
         self._vrrp_ports = vrrp_ports
         self._sync_probe = sync_probe
         self._dp_settings = dataplane_settings
@@ -342,6 +368,7 @@ class Director:
         # `expire_quiescent_template` forced on by a drain with --expire-templates.
         self._expire_quiescent = False
         self._ipvs_status: tuple[ServiceStatus, ...] = ()
+        self._kernel_timeouts: IpvsTimeouts | None = None  # the kernel's, last read
         self._vrrp_changed = asyncio.Event()
         self.vrrp_since: dict[str, float] = {}
         self.last_reload_error: str | None = None
@@ -358,6 +385,8 @@ class Director:
         self.started = asyncio.Event()
         self.sync_events_dropped = 0
         self._check_wiring(self.derived)
+        if self.derived.sync is not None and self.kernel is not None:
+            self.kernel_sync = KernelSyncDaemons(self.derived.sync, self.kernel)
 
     # ------------------------------------------------------------------ wiring checks
 
@@ -371,11 +400,15 @@ class Director:
                          detail="proxy_protocol needs the embedded engine: the kernel "
                          "backend forwards packets unchanged")
         if derived.sync is not None:
-            if self.embedded is None:
+            if self.embedded is None and self.kernel is None:
                 raise _refuse(
-                    "sync", "lvs_sync_daemon with the kernel backend needs the kernel's own sync "
-                    "daemon, which hactl does not start yet; use --backend embedded or remove "
-                    "lvs_sync_daemon")
+                    "sync", "lvs_sync_daemon with a backend other than the embedded engine needs "
+                    "the kernel's own sync daemon, which only the kernel backend offers; use "
+                    "--backend embedded or remove lvs_sync_daemon")
+            if self.kernel is not None and derived.sync.auth_key is not None:
+                _log.warning("config.not_applied", where="global_defs",
+                             detail="sync_auth_key is not applied: the kernel's sync daemon "
+                             "neither sends nor checks it")
             names = {i.name for i in derived.vrrp.instances} if derived.vrrp else set()
             if derived.sync.instance not in names:
                 raise _refuse("sync", f"lvs_sync_daemon follows VRRP instance "
@@ -417,7 +450,7 @@ class Director:
                 if self.derived.vrrp is not None:
                     self._start_vrrp(tg)
                     self._spawn(tg, "roles", self._role_loop())
-                if self.derived.sync is not None:
+                if self.derived.sync is not None and self.embedded is not None:
                     self._start_sync(tg)
                 if reload_trigger is not None and loader is not None:
                     self._spawn(tg, "reload", self._reload_loop(reload_trigger, loader))
@@ -438,6 +471,8 @@ class Director:
         if self.api is not None:
             await self.api.start(tg)
         self.started.set()
+        if self._freeze_heap:
+            gc.freeze()  # see `freeze_heap` in the class docstring
         sd_notify(f"READY=1\nSTATUS=serving {len(self.derived.table.services)} virtual "
                   f"services\nMAINPID={os.getpid()}")
         _log.info("daemon.started", services=len(self.derived.table.services),
@@ -447,10 +482,30 @@ class Director:
     async def _setup_backend(self) -> None:
         if self.embedded is not None:
             return  # the engine was built with the tunables
-        if self.derived.sysctl != await self.backend.get_sysctl():
-            await self.backend.set_sysctl(self.derived.sysctl)
-        if self.derived.timeouts is not None:
-            await self.backend.set_timeouts(self.derived.timeouts)
+        kernel = self.kernel
+        d = self.derived
+        if kernel is None:
+            # Another table behind the port: every tunable, as the engine would have them.
+            if d.sysctl != await self.backend.get_sysctl():
+                await self.backend.set_sysctl(d.sysctl)
+            if d.timeouts is not None:
+                await self.backend.set_timeouts(d.timeouts)
+            self._backend_ready = True
+            return
+        # keepalived's order: flush, tunables, timeouts; then the services (first reconcile).
+        if d.lvs_flush:
+            await kernel.lvs_flush()
+            _log.info("ipvs.flushed", reason="lvs_flush")
+        self._backend_ready = True
+        if d.sysctl_names:
+            # Only the tunables the configuration names: the others stay as the system has
+            # them (keepalived's ipvs_sysctl), not reset to hactl's defaults.
+            await kernel.write_sysctl(self.wanted_sysctl(), names=d.sysctl_names)
+        if d.kernel_timeouts is not None:
+            await kernel.set_timeouts(d.kernel_timeouts)
+        if self.kernel_sync is not None:
+            # keepalived starts the backup daemon at start; VRRP makes it master later.
+            await self.kernel_sync.set_role(SyncRole.BACKUP)
 
     async def _until(self, trigger: Callable[[], Awaitable[Any]]) -> None:
         await trigger()
@@ -493,6 +548,10 @@ class Director:
     async def _reconcile(self) -> None:
         desired = self.desired()
         wanted = {svc.key for svc in desired.services}
+        if self.kernel is not None:
+            # Configured services are hactl's even when a previous run (or an operator) added
+            # them: their stale destinations are removed now, not after the next change.
+            self.kernel.adopt(wanted)
         actual = await self.backend.dump()
         # Only services this director manages: the kernel may hold other people's.
         mine = self._managed | wanted
@@ -529,6 +588,13 @@ class Director:
     async def refresh_ipvs_status(self) -> None:
         if self.embedded is None:
             self._ipvs_status = await self.backend.services()
+            if self.kernel is not None:
+                # What the kernel really uses: lvs_timeouts may leave some as they were.
+                self._kernel_timeouts = await self.kernel.get_timeouts()
+
+    def kernel_timeouts(self) -> IpvsTimeouts | None:
+        """The kernel's timeouts as last read (None: not read yet, or no kernel backend)."""
+        return self._kernel_timeouts
 
     async def _ipvs_status_loop(self) -> None:
         while True:
@@ -556,6 +622,9 @@ class Director:
                      "until hactl restarts")
         if self.embedded is not None:
             self.embedded.engine.set_sysctl(self.wanted_sysctl())
+        elif self.kernel is not None:
+            await self.kernel.write_sysctl(self.wanted_sysctl(),
+                                           names=("expire_quiescent_template",))
         else:
             await self.backend.set_sysctl(self.wanted_sysctl())
 
@@ -612,7 +681,8 @@ class Director:
         self.vrrp = VrrpService(self.derived.vrrp, addresses=ports.addresses,
                                 neighbours=ports.neighbours, channels=ports.channels,
                                 clock=self._clock, notifier=notifier,
-                                on_state_changed=self._on_vrrp_state)
+                                on_state_changed=self._on_vrrp_state,
+                                firewall=ports.firewall, vmacs=ports.vmacs)
         _log.info("vrrp.transport", transport=ports.transport)
         if ports.transport != "raw":
             _log.warning("vrrp.dev_transport", transport=ports.transport,
@@ -658,11 +728,26 @@ class Director:
                     self.embedded.engine.set_sync_state(master=role is SyncRole.MASTER,
                                                         backup=role is SyncRole.BACKUP)
                     last_role = role
+            if self.kernel_sync is not None and self.derived.sync is not None:
+                await self._follow_kernel_sync(states.get(self.derived.sync.instance))
             await self._vrrp_changed.wait()
             if self._vrrp_stop.is_set():
                 # VRRP is leaving because the director stops: sync and checks stop on
                 # their own; following the routers down would only restart work.
                 return
+
+    async def _follow_kernel_sync(self, state: VrrpState | None) -> None:
+        """The kernel's sync daemon follows the instance (keepalived ipvs_syncd_master /
+        ipvs_syncd_backup). A refusal is logged: VRRP and the table go on without sync, and
+        the next transition tries again."""
+        assert self.kernel_sync is not None
+        role = SyncRole.MASTER if state is VrrpState.MASTER else SyncRole.BACKUP
+        if role is self.kernel_sync.role:
+            return
+        try:
+            await self.kernel_sync.set_role(role)
+        except (HactlError, OSError) as exc:
+            _log.error("sync.kernel_daemon_failed", role=role.name.lower(), error=str(exc))
 
     def _start_sync(self, tg: asyncio.TaskGroup) -> None:
         assert self.derived.sync is not None and self.embedded is not None
@@ -740,12 +825,23 @@ class Director:
                 return False
         if new.sync != old.sync and self.sync is not None and new.sync is not None:
             self.sync.apply(new.sync, now=self._clock.now())
+        if new.sync != old.sync and self.kernel_sync is not None and new.sync is not None:
+            try:
+                await self.kernel_sync.apply(new.sync)
+            except (HactlError, OSError) as exc:
+                _log.error("sync.kernel_daemon_failed", error=str(exc))
         if self.embedded is not None:
             engine = self.embedded.engine
             if new.sysctl != old.sysctl:
                 engine.set_sysctl(self.wanted_sysctl(new))
             if new.timeouts is not None and new.timeouts != old.timeouts:
                 engine.set_timeouts(new.timeouts)
+        elif self.kernel is not None:
+            try:
+                await self._reload_kernel_tunables(old, new)
+            except (HactlError, OSError) as exc:
+                # The services still follow the new configuration; only the tunables did not.
+                _log.error("ipvs.tunables_failed", error=str(exc))
         else:
             try:
                 if new.sysctl != old.sysctl:
@@ -768,7 +864,21 @@ class Director:
         _log.info("config.reloaded", services_added=len(after - before),
                   services_removed=len(before - after),
                   services_kept=len(after & before))
+        if self._freeze_heap:
+            gc.freeze()
         return True
+
+    async def _reload_kernel_tunables(self, old: Derived, new: Derived) -> None:
+        """The tunables newly named or changed, and the timeouts when they changed. A tunable
+        no longer named keeps its value (keepalived does not restore it either)."""
+        assert self.kernel is not None
+        was, now = self.wanted_sysctl(old), self.wanted_sysctl(new)
+        names = [n for n in new.sysctl_names
+                 if n not in old.sysctl_names or render_sysctl(was, n) != render_sysctl(now, n)]
+        if names:
+            await self.kernel.write_sysctl(now, names=names)
+        if new.kernel_timeouts is not None and new.kernel_timeouts != old.kernel_timeouts:
+            await self.kernel.set_timeouts(new.kernel_timeouts)
 
     def _check_reload(self, new: Derived) -> None:
         if (new.sync is None) != (self.derived.sync is None):
@@ -811,6 +921,8 @@ class Director:
             _log.info("daemon.stopped_step", step=name)
 
     async def _stop_sync(self) -> None:
+        if self.kernel_sync is not None:
+            await self.kernel_sync.stop()
         task = self._tasks.get("sync")
         if self.sync is None or task is None or task.done():
             return
@@ -852,6 +964,13 @@ class Director:
             self.dataplane.close()
 
     async def _remove_services(self) -> None:
+        if (self.kernel is not None and self._backend_ready
+                and self.derived.lvs_flush_on_stop is FlushOnStop.ALL):
+            # keepalived's lvs_flush_on_stop without VS: the whole table, whoever added it.
+            await self.kernel.lvs_flush()
+            _log.info("ipvs.flushed", reason="lvs_flush_on_stop")
+            self._managed = set()
+            return
         if not self._managed:
             return
         actual = await self.backend.dump()
@@ -1034,7 +1153,7 @@ class ApiDirector:
         d = self._director
         if d.embedded is not None:
             return d.embedded.engine.timeouts()
-        return d.derived.timeouts or IpvsTimeouts()
+        return d.kernel_timeouts() or d.derived.timeouts or IpvsTimeouts()
 
     def sync_stats(self) -> SyncStats | None:
         sync = self._director.sync
@@ -1190,19 +1309,24 @@ def default_vrrp_ports(derived: Derived) -> VrrpPorts | None:
     if derived.vrrp is None:
         return None
     if raw_vrrp_possible(derived):
+        from hactl.net.macvlan import NetlinkVmacPort
         from hactl.net.netlink import NetlinkAddressPort
         from hactl.vrrp.announce import PacketAnnouncer
+        from hactl.vrrp.firewall import NftablesFirewall
         from hactl.vrrp.socket import RawChannelFactory
 
         netlink = NetlinkAddressPort()
         announcer = PacketAnnouncer()
+        vmacs = NetlinkVmacPort()
 
         async def close() -> None:
             announcer.close()
             await netlink.close()
+            await vmacs.close()
 
         return VrrpPorts(addresses=netlink, neighbours=announcer,
-                         channels=RawChannelFactory(), transport="raw", close=close)
+                         channels=RawChannelFactory(), transport="raw", close=close,
+                         firewall=NftablesFirewall(), vmacs=vmacs)
     bad = [i.name for i in derived.vrrp.instances
            if not i.unicast_peers or i.unicast_src_ip is None]
     if bad:
@@ -1210,12 +1334,16 @@ def default_vrrp_ports(derived: Derived) -> VrrpPorts | None:
                            "(run as root, on existing interfaces), or unicast_src_ip and "
                            "unicast_peer for the unprivileged development transport")
     from hactl.testing.fakes import InMemoryAddressPort, RecordingNeighbourPort
+    from hactl.vrrp.firewall import InMemoryFirewall
     from hactl.vrrp.transport import UdpChannelFactory
+    from hactl.vrrp.vmac import InMemoryVmacPort
 
     links: dict[str, tuple[IPInterface, ...]] = {i.interface: () for i in derived.vrrp.instances}
-    return VrrpPorts(addresses=InMemoryAddressPort(dict(links)),
+    addresses = InMemoryAddressPort(dict(links))
+    return VrrpPorts(addresses=addresses,
                      neighbours=RecordingNeighbourPort(), channels=UdpChannelFactory(),
-                     transport="udp-dev")
+                     transport="udp-dev", firewall=InMemoryFirewall(),
+                     vmacs=InMemoryVmacPort(addresses))
 
 
 async def run(
@@ -1241,7 +1369,7 @@ async def run(
     ports = vrrp_ports if vrrp_ports is not None else default_vrrp_ports(derived)
     director = Director(config, clock=clock, backend=backend, vrrp_ports=ports,
                         dataplane_settings=dataplane_settings, api=api,
-                        config_path=config_path)
+                        config_path=config_path, freeze_heap=True)
     await director.run(shutdown_trigger=shutdown_trigger, reload_trigger=reload_trigger,
                        loader=loader)
 

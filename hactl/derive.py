@@ -10,7 +10,11 @@ onto what each core runs:
 * `members`: which table services follow which health spec (a `virtual_server_group` is
   checked once and expands into one IPVS service per member address, range and fwmark);
 * `vrrp`: the VRRP slice (`VrrpConfig`), `sync`: the `lvs_sync_daemon` settings, and the
-  IPVS tunables (`IpvsSysctl`, `IpvsTimeouts`).
+  IPVS tunables (`IpvsSysctl`, `IpvsTimeouts`);
+* for the kernel's table, what keepalived writes there: the tunables the `ipvs_sysctl` block
+  names (`sysctl_names`; the others stay as the kernel has them), the timeouts
+  `lvs_timeouts` gives (`kernel_timeouts`, 0 for those it leaves unchanged), `lvs_flush` and
+  `lvs_flush_on_stop`.
 
 `desired_table(derived, views, overrides)` is the reconciler's function: the configured
 table, with each service's destinations replaced by what health wants (removed or quiesced
@@ -129,6 +133,14 @@ class Derived:
     proxy_protocol: frozenset[ServiceKey] = frozenset()
     warnings: tuple[DeriveWarning, ...] = ()
     labels: Mapping[ServiceKey, str] = field(default_factory=dict)
+    # The kernel backend (keepalived's semantics): the tunables named in `ipvs_sysctl`, in
+    # the order written; the timeouts as `IPVS_CMD_SET_CONFIG` takes them (0: unchanged);
+    # flush the whole table at start; at stop, flush the whole table (ALL) or remove only
+    # hactl's services (VS or None).
+    sysctl_names: tuple[str, ...] = ()
+    kernel_timeouts: IpvsTimeouts | None = None
+    lvs_flush: bool = False
+    lvs_flush_on_stop: FlushOnStop | None = None
 
 
 # --------------------------------------------------------------------------- small mappings
@@ -539,6 +551,9 @@ def _instance(inst: cm.VrrpInstance, config: cm.Config, track_files: Mapping[str
         dont_track_primary=inst.dont_track_primary, garp=garp,
         # keepalived's default is accept unless no_accept (strict mode aside).
         accept=not inst.no_accept, down_timer_adverts=inst.down_timer_adverts,
+        use_vmac=inst.use_vmac is not None,
+        vmac_name=inst.use_vmac[0] if inst.use_vmac else None,
+        vmac_mac=inst.use_vmac[1].lower() if inst.use_vmac and len(inst.use_vmac) > 1 else None,
         notify=_notify(inst),
     )
 
@@ -579,6 +594,23 @@ def _timeouts(config: cm.Config) -> IpvsTimeouts | None:
                         udp=base.udp if t.udp is None else t.udp)
 
 
+def _kernel_timeouts(config: cm.Config) -> IpvsTimeouts | None:
+    # keepalived sends only the timeouts given; IPVS_CMD_SET_CONFIG leaves a 0 unchanged.
+    t = config.global_defs.lvs_timeouts
+    if (t.tcp, t.tcpfin, t.udp) == (None, None, None):
+        return None
+    return IpvsTimeouts(tcp=t.tcp or 0, tcpfin=t.tcpfin or 0, udp=t.udp or 0)
+
+
+def _sysctl_names(g: cm.GlobalDefs) -> tuple[str, ...]:
+    """The tunables the `ipvs_sysctl` block names, in the order they are written."""
+    # The block's keywords are recorded where they were written, in the order of the file.
+    prefix = "ipvs_sysctl."
+    known = set(IpvsSysctl.names())
+    return tuple(key.removeprefix(prefix) for key in g.keyword_pos
+                 if key.startswith(prefix) and key.removeprefix(prefix) in known)
+
+
 # --------------------------------------------------------------------------- entry points
 
 
@@ -591,12 +623,6 @@ def derive(config: cm.Config) -> Derived:
     """
     warn = _Warnings()
     g = config.global_defs
-    if g.lvs_flush:
-        warn.add("global_defs", "lvs_flush is not applied: hactl replaces only the services "
-                 "it manages and leaves other IPVS entries alone")
-    if g.lvs_flush_on_stop is FlushOnStop.ALL:
-        warn.add("global_defs", "lvs_flush_on_stop (all) is not applied: at stop hactl "
-                 "removes only the services it manages (as `lvs_flush_on_stop VS`)")
     if g.vrrp_min_garp:
         warn.add("global_defs", "vrrp_min_garp is not applied: the garp_* timers are used "
                  "as configured")
@@ -613,6 +639,10 @@ def derive(config: cm.Config) -> Derived:
         proxy_protocol=frozenset(proxy),
         warnings=tuple(warn.items),
         labels=labels,
+        sysctl_names=_sysctl_names(g),
+        kernel_timeouts=_kernel_timeouts(config),
+        lvs_flush=g.lvs_flush,
+        lvs_flush_on_stop=g.lvs_flush_on_stop,
     )
 
 

@@ -12,5 +12,6 @@ if [ "$(id -u)" -eq 0 ]; then
     # As root the namespace and peer tests can run, so they must: conftest fails the run
     # when every integration test was skipped.
     export HACTL_REQUIRE_INTEGRATION=1
+    export HACTL_REQUIRE_KERNEL_VM=1  # and a kernel VM that does not boot fails tests/kernel
 fi
 exec python -m pytest "$@"

@@ -4,6 +4,11 @@ Owns: the `IpvsBackend` Protocol. Implementations: `hactl.ipvs.userspace.Userspa
 (the embedded engine) and the kernel adapter over netlink. Callers compute the desired
 table, call `plan(desired, await backend.dump())` and `await backend.apply(ops)`.
 
+Also `KernelIpvsBackend`: what a table shared with the rest of the system (the kernel's)
+offers beyond that, for keepalived's global settings: ownership of services (`adopt`), the
+flushes, tunables written by name, and the kernel's own sync daemons. The daemon asks for
+it with `isinstance` (the Protocol is runtime-checkable); the embedded engine lacks it.
+
 Contract:
 * `apply` is idempotent per operation: adding what exists and deleting what is missing
   succeed; any other refusal raises `hactl.errors.KernelError` (with the kernel's errno)
@@ -11,18 +16,29 @@ Contract:
 * snapshots are consistent per call and use the model's types only;
 * `connections()` returns the table as `ipvsadm -Lnc` lists it (templates included).
 
-Pure typing: imports only the model and the plan's operation types.
+Pure typing: imports only the model and the plan's operation types (and, for type checking
+only, the sync daemon status type of the ipvsadm views).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Protocol
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING, Literal, Protocol, runtime_checkable
 
-from hactl.ipvs.model import ConnStatus, IpvsSysctl, IpvsTable, IpvsTimeouts, ServiceStatus
+from hactl.ipvs.model import (
+    ConnStatus,
+    IpvsSysctl,
+    IpvsTable,
+    IpvsTimeouts,
+    ServiceKey,
+    ServiceStatus,
+)
 from hactl.ipvs.plan import IpvsOp
 
-__all__ = ["IpvsBackend"]
+if TYPE_CHECKING:
+    from hactl.ipvs.ipvsadm import SyncDaemonStatus
+
+__all__ = ["IpvsBackend", "KernelIpvsBackend"]
 
 
 class IpvsBackend(Protocol):
@@ -56,4 +72,39 @@ class IpvsBackend(Protocol):
 
     async def set_sysctl(self, sysctl: IpvsSysctl) -> None:
         """Write every tunable of `sysctl`."""
+        ...
+
+
+@runtime_checkable
+class KernelIpvsBackend(IpvsBackend, Protocol):
+    """An IPVS table shared with the system (the kernel's): implemented by `KernelIpvs`."""
+
+    def adopt(self, keys: Iterable[ServiceKey]) -> None:
+        """Declare services hactl is responsible for although this instance did not add
+        them (left by a previous run): `dump()` returns them, so they are reconciled."""
+        ...
+
+    async def lvs_flush(self) -> None:
+        """Empty the whole table, whoever added its services (keepalived `lvs_flush`)."""
+        ...
+
+    async def lvs_flush_on_stop(self, *, everything: bool = False) -> None:
+        """Remove the services hactl owns (`everything`: the whole table)."""
+        ...
+
+    async def write_sysctl(self, sysctl: IpvsSysctl, *, names: Iterable[str] | None) -> None:
+        """Write exactly the tunables `names` of `sysctl`, in order (keepalived's
+        `ipvs_sysctl`); None: those that differ from the kernel's."""
+        ...
+
+    async def sync_daemons(self) -> tuple[SyncDaemonStatus, ...]:
+        """The kernel's running sync daemons (`ipvsadm -L --daemon`)."""
+        ...
+
+    async def start_sync_daemon(self, daemon: SyncDaemonStatus) -> None:
+        """Start the kernel's master or backup sync daemon; already running alike succeeds."""
+        ...
+
+    async def stop_sync_daemon(self, state: Literal["master", "backup"]) -> None:
+        """Stop the kernel's master or backup sync daemon; stopping none succeeds."""
         ...

@@ -35,7 +35,9 @@ Invariants:
 * `dump()` returns the services hactl owns (added, or adopted with `adopt()`), destinations
   in add order (the kernel lists them newest first); `services()` returns the whole table in
   the kernel's order, counters included.
-* Netlink I/O runs on the event loop (pyroute2's asyncio socket); /proc I/O runs in a worker
+* Netlink I/O runs on the event loop (pyroute2's asyncio socket), one request at a time (the
+  kernel refuses a second dump on a socket with EBUSY while one runs, so concurrent callers,
+  such as a status read during a reconcile, are serialized); /proc I/O runs in a worker
   thread. Operations of one `apply()` are sent one at a time, in order.
 
 The only module of hactl that imports pyroute2's netlink classes for IPVS; `Any` stays here.
@@ -94,7 +96,7 @@ from hactl.ipvs.plan import AddDest, AddService, DelDest, DelService, EditDest, 
 from hactl.ipvs.procfs import IpvsProcFs
 
 if TYPE_CHECKING:
-    from hactl.ipvs.backend import IpvsBackend
+    from hactl.ipvs.backend import KernelIpvsBackend
 
 __all__ = [
     "GENL_NAME",
@@ -666,7 +668,10 @@ class KernelIpvs:
         self._sock = sock
         self._procfs = IpvsProcFs(proc)
         self._owned: set[ServiceKey] = set()
-        self._lock = asyncio.Lock()
+        self._lock = asyncio.Lock()  # one apply() / flush at a time
+        # One request at a time on the socket: the kernel runs one dump per netlink socket and
+        # answers a second one started meanwhile with EBUSY (a status read during a reconcile).
+        self._io = asyncio.Lock()
 
     @classmethod
     async def open(cls, *, proc: Path = Path("/proc")) -> KernelIpvs:
@@ -692,7 +697,8 @@ class KernelIpvs:
 
     async def _request(self, cmd: int, attrs: Attrs, flags: int) -> list[Any]:
         msg = build_message(cmd, attrs)
-        return list(await self._sock._do_request(msg, msg_flags=flags))
+        async with self._io:
+            return list(await self._sock._do_request(msg, msg_flags=flags))
 
     async def _service_messages(self) -> list[Any]:
         try:
@@ -1035,6 +1041,6 @@ def _changed(current: IpvsSysctl, wanted: IpvsSysctl) -> list[str]:
 
 
 if TYPE_CHECKING:
-    # KernelIpvs implements the backend port (checked by mypy, costs nothing at run time).
-    def _is_backend(ipvs: KernelIpvs) -> IpvsBackend:
+    # KernelIpvs implements the kernel backend port (checked by mypy, costs nothing at run time).
+    def _is_backend(ipvs: KernelIpvs) -> KernelIpvsBackend:
         return ipvs

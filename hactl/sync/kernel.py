@@ -9,10 +9,17 @@ per network namespace, like the daemons themselves.
 Owns: `KernelSyncDaemon` (what a daemon is configured with), `NetlinkSyncProbe` (the adapter,
 a hand-rolled generic netlink dump: hactl confines pyroute2 to the IPVS table adapter), the
 pure `parse_daemon_reply()` used by it and by tests, and `conflicts()` (the rule).
+
+Also, for the kernel backend, `KernelSyncDaemons`: the kernel's own sync daemon following the
+VRRP role, as keepalived runs it for `lvs_sync_daemon` (the kernel's connection table can only
+be written by the kernel's own backup daemon). It drives the daemons through a
+`KernelSyncPort` (implemented by `hactl.ipvs.kernel.KernelIpvs`), and `kernel_daemon()` maps
+the configuration onto what `IPVS_CMD_NEW_DAEMON` takes.
 """
 
 from __future__ import annotations
 
+import asyncio
 import enum
 import ipaddress
 import os
@@ -21,19 +28,27 @@ import struct
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Literal, Protocol
 
+import structlog
+
+from hactl.ipvs.ipvsadm import SyncDaemonStatus
 from hactl.ipvs.model import IPAddress
-from hactl.sync.model import DEFAULT_PORT, SyncDaemonConfig
+from hactl.sync.model import DEFAULT_PORT, SyncDaemonConfig, SyncRole
 
 __all__ = [
     "KernelSyncDaemon",
+    "KernelSyncDaemons",
+    "KernelSyncPort",
     "KernelSyncProbe",
     "NetlinkSyncProbe",
     "conflicts",
     "genl_family_id",
+    "kernel_daemon",
     "parse_daemon_reply",
 ]
+
+_log = structlog.get_logger("hactl.sync")
 
 # uapi linux/netlink.h, linux/genetlink.h, linux/ip_vs.h
 _NETLINK_GENERIC = 16
@@ -171,8 +186,13 @@ def parse_daemon_reply(payload: bytes) -> KernelSyncDaemon | None:
         if _DAEMON_MCAST_TTL in fields:
             ttl = fields[_DAEMON_MCAST_TTL][0]
         return KernelSyncDaemon(
-            state=state, interface=ifname, syncid=syncid, port=port, group=group,
-            maxlen=maxlen, ttl=ttl,
+            state=state,
+            interface=ifname,
+            syncid=syncid,
+            port=port,
+            group=group,
+            maxlen=maxlen,
+            ttl=ttl,
         )
     return None
 
@@ -217,8 +237,16 @@ class NetlinkSyncProbe:
             family = genl_family_id(sock, _IPVS_GENL_NAME)
             if family is None:  # IPVS without its netlink interface: nothing to ask
                 return []
-            sock.send(_request(family, _NLM_F_REQUEST | _NLM_F_DUMP, 2, _IPVS_CMD_GET_DAEMON,
-                               _IPVS_GENL_VERSION, b""))
+            sock.send(
+                _request(
+                    family,
+                    _NLM_F_REQUEST | _NLM_F_DUMP,
+                    2,
+                    _IPVS_CMD_GET_DAEMON,
+                    _IPVS_GENL_VERSION,
+                    b"",
+                )
+            )
             daemons: list[KernelSyncDaemon] = []
             while True:
                 for kind, payload in _messages(sock.recv(65536)):
@@ -234,7 +262,6 @@ class NetlinkSyncProbe:
                         daemons.append(daemon)
 
 
-
 def genl_family_id(sock: socket.socket, name: bytes) -> int | None:
     """The id of generic netlink family `name` on a bound NETLINK_GENERIC socket, or None."""
     request = _attr(_CTRL_ATTR_FAMILY_NAME, name + b"\0")
@@ -246,3 +273,116 @@ def genl_family_id(sock: socket.socket, name: bytes) -> int | None:
             if attr == _CTRL_ATTR_FAMILY_ID:
                 return int(struct.unpack("=H", value[:2])[0])
     return None
+
+
+# ---------------------------------------------------------------------------------------------
+# The kernel's own sync daemon, following the VRRP role (kernel backend).
+
+DaemonState = Literal["master", "backup"]
+
+
+class KernelSyncPort(Protocol):
+    """Starting and stopping the kernel's sync daemons (`hactl.ipvs.kernel.KernelIpvs`)."""
+
+    async def start_sync_daemon(self, daemon: SyncDaemonStatus) -> None: ...
+
+    async def stop_sync_daemon(self, state: DaemonState) -> None: ...
+
+
+def kernel_daemon(config: SyncDaemonConfig, state: DaemonState) -> SyncDaemonStatus:
+    """What `IPVS_CMD_NEW_DAEMON` is sent for `config` in `state` (`ipvsadm --start-daemon`).
+
+    maxlen None is sent as 0: the kernel derives it from the interface's MTU. The group, port
+    and ttl are always sent (kernels since 4.7 take them; their defaults are the kernel's).
+    """
+    return SyncDaemonStatus(
+        state=state,
+        mcast_ifn=config.interface,
+        syncid=config.syncid,
+        maxlen=config.maxlen or 0,
+        group=config.group,
+        port=config.port,
+        ttl=config.ttl,
+    )
+
+
+_STATES: dict[SyncRole, DaemonState] = {SyncRole.MASTER: "master", SyncRole.BACKUP: "backup"}
+
+
+class KernelSyncDaemons:
+    """The kernel's sync daemon for `lvs_sync_daemon` with the kernel backend (keepalived's
+    `ipvs_syncd_master` / `ipvs_syncd_backup`).
+
+    * `set_role(BACKUP)` at start, then on each VRRP transition of the followed instance:
+      the daemon of the other state is stopped first, then this state's started (so the
+      kernel never runs a master and a backup for the same director at once);
+    * `apply(config)` on reload restarts the running daemon with the new settings;
+    * `stop()` stops whatever this object started; afterwards `set_role` does nothing.
+
+    Calls are serialized. A refusal raises `KernelError` from the port; the caller decides
+    whether that is fatal (at start) or logged (on a transition).
+    """
+
+    def __init__(self, config: SyncDaemonConfig, port: KernelSyncPort) -> None:
+        self.config = config
+        self._port = port
+        self._role = SyncRole.NONE
+        self._stopped = False
+        self._lock = asyncio.Lock()
+
+    @property
+    def role(self) -> SyncRole:
+        """The role the kernel's daemon was last started in (NONE: no daemon)."""
+        return self._role
+
+    async def set_role(self, role: SyncRole) -> None:
+        """Run the kernel's daemon in `role` (NONE: stop it)."""
+        async with self._lock:
+            if self._stopped or role is self._role:
+                return
+            await self._switch(role)
+
+    async def apply(self, config: SyncDaemonConfig) -> None:
+        """New settings: the running daemon is restarted with them (a netlink daemon cannot
+        be changed in place)."""
+        async with self._lock:
+            if config == self.config:
+                return
+            role = self._role
+            if role is not SyncRole.NONE and not self._stopped:
+                await self._switch(SyncRole.NONE)
+            self.config = config
+            if role is not SyncRole.NONE and not self._stopped:
+                await self._switch(role)
+
+    async def stop(self) -> None:
+        """Stop the daemon this object started; no daemon is started after this."""
+        async with self._lock:
+            self._stopped = True
+            await self._switch(SyncRole.NONE)
+
+    async def _switch(self, role: SyncRole) -> None:
+        was = self._role
+        if was is role:
+            return
+        if was is not SyncRole.NONE:
+            await self._port.stop_sync_daemon(_STATES[was])
+            self._role = SyncRole.NONE
+            _log.info("sync.kernel_daemon_stopped", state=_STATES[was])
+        else:
+            # Starting: a daemon of the other state left by a previous run (or by hand)
+            # would go on syncing beside ours; keepalived's switches stop the other state's
+            # daemon before starting one, and so does this at start.
+            await self._port.stop_sync_daemon("backup" if role is SyncRole.MASTER else "master")
+        if role is not SyncRole.NONE:
+            cfg = self.config
+            await self._port.start_sync_daemon(kernel_daemon(cfg, _STATES[role]))
+            self._role = role
+            _log.info(
+                "sync.kernel_daemon_started",
+                state=_STATES[role],
+                interface=cfg.interface,
+                syncid=cfg.syncid,
+                port=cfg.port,
+                group=str(cfg.group),
+            )

@@ -13,161 +13,239 @@ traffic tests):
 * an hactl daemon refuses to start beside the kernel daemon of its syncid and port (found
   through generic netlink, as `ipvsadm -L --daemon` finds it), and starts with another syncid.
 
-The hactl sides run as `python -c` programs under `ip netns exec`, one per namespace.
+The hactl sides, the client and the server run in this process, each on a thread that entered
+its namespace (network namespaces are per thread): a fresh Python per namespace would cost
+seconds of imports each under emulation.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
-import json
-import os
+import ipaddress
+import socket
 import subprocess
-import sys
+import threading
 import time
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
 
 import pytest
+from pyroute2 import netns as pynetns
 
-from tests.kernel.conftest import IN_VM, REPO, sh
+from tests.kernel.conftest import IN_VM, sh, sh_input
 
 pytestmark = [pytest.mark.kernel_ipvs, pytest.mark.slow]
 
 NAMESPACES = ("H", "K", "C", "D", "R", "B")
-
-MASTER = """
-import asyncio, ipaddress, sys, structlog
-structlog.configure(logger_factory=structlog.PrintLoggerFactory(sys.stderr))
-from hactl.clock import LoopClock
-from hactl.ipvs.model import AF_INET, SyncConn
-from hactl.sync.model import SyncDaemonConfig, SyncRole
-from hactl.sync.service import SyncService
+T = TypeVar("T")
 V4 = ipaddress.IPv4Address
-class Sink:
-    def apply_sync(self, e, *, now, version): pass
-async def main():
-    svc = SyncService(SyncDaemonConfig(interface="hk", syncid=5), sink=Sink(),
-                      clock=LoopClock(), role=SyncRole.MASTER)
+
+
+class _Sink:
+    def __init__(self) -> None:
+        self.applied: list[dict[str, Any]] = []
+
+    def apply_sync(self, e: Any, *, now: float, version: int) -> None:
+        self.applied.append(
+            {
+                "protocol": e.protocol, "flags": e.flags, "state": e.state, "cport": e.cport,
+                "vport": e.vport, "dport": e.dport, "timeout": e.timeout,
+                "caddr": str(e.caddr), "vaddr": str(e.vaddr), "daddr": str(e.daddr),
+                "version": version,
+            }
+        )  # fmt: skip
+
+
+async def hactl_master() -> None:
+    """In H: an hactl master sends three connections and a template, then leaves MASTER."""
+    from hactl.clock import LoopClock
+    from hactl.ipvs.model import AF_INET, SyncConn
+    from hactl.sync.model import SyncDaemonConfig, SyncRole
+    from hactl.sync.service import SyncService
+
+    svc = SyncService(
+        SyncDaemonConfig(interface="hk", syncid=5), sink=_Sink(), clock=LoopClock(),
+        role=SyncRole.MASTER,
+    )  # fmt: skip
     task = asyncio.create_task(svc.run())
     await svc.wait_role(SyncRole.MASTER)
-    conns = [SyncConn(family=AF_INET, protocol=6, flags=0x83, state=1, cport=40000 + i,
-                      vport=80, dport=80, fwmark=0, timeout=600,
-                      caddr=V4(f"198.51.100.{i + 1}"), vaddr=V4("192.0.2.100"),
-                      daddr=V4("10.0.1.2")) for i in range(3)]
-    tpl = SyncConn(family=AF_INET, protocol=6, flags=0x1183, state=0, cport=0, vport=80,
-                   dport=80, fwmark=0, timeout=360, caddr=V4("198.51.100.0"),
-                   vaddr=V4("192.0.2.100"), daddr=V4("10.0.1.2"))
+    conns = [
+        SyncConn(
+            family=AF_INET, protocol=6, flags=0x83, state=1, cport=40000 + i, vport=80,
+            dport=80, fwmark=0, timeout=600, caddr=V4(f"198.51.100.{i + 1}"),
+            vaddr=V4("192.0.2.100"), daddr=V4("10.0.1.2"),
+        )
+        for i in range(3)
+    ]  # fmt: skip
+    tpl = SyncConn(
+        family=AF_INET, protocol=6, flags=0x1183, state=0, cport=0, vport=80, dport=80,
+        fwmark=0, timeout=360, caddr=V4("198.51.100.0"), vaddr=V4("192.0.2.100"),
+        daddr=V4("10.0.1.2"),
+    )  # fmt: skip
     svc.submit([*conns, tpl])
     svc.set_role(SyncRole.NONE)
     await svc.wait_role(SyncRole.NONE)
     task.cancel()
-asyncio.run(main())
-"""
+    await asyncio.gather(task, return_exceptions=True)
 
-CONFLICT = """
-import asyncio, json, sys, structlog
-structlog.configure(logger_factory=structlog.PrintLoggerFactory(sys.stderr))
-from hactl.clock import LoopClock
-from hactl.errors import StateError
-from hactl.sync.kernel import NetlinkSyncProbe
-from hactl.sync.model import SyncDaemonConfig, SyncRole
-from hactl.sync.service import SyncConflictError, SyncService
-class Sink:
-    def apply_sync(self, e, *, now, version): pass
-probe = NetlinkSyncProbe()
-out = {"daemons": [d.describe() for d in probe.running_daemons()]}
-async def attempt(syncid):
-    svc = SyncService(SyncDaemonConfig(interface="kh", syncid=syncid), sink=Sink(),
-                      clock=LoopClock(), role=SyncRole.BACKUP)
-    task = asyncio.create_task(svc.run())
-    try:
-        await asyncio.wait_for(svc.wait_role(SyncRole.BACKUP), 20)
-        return "started"
-    except StateError:  # run() ended: its exception says why
+
+def conflict_probe() -> dict[str, Any]:
+    """In K (beside the kernel backup, syncid 5): what the probe finds, and whether an hactl
+    backup starts with the same syncid and with another one."""
+    from hactl.clock import LoopClock
+    from hactl.errors import StateError
+    from hactl.sync.kernel import NetlinkSyncProbe
+    from hactl.sync.model import SyncDaemonConfig, SyncRole
+    from hactl.sync.service import SyncConflictError, SyncService
+
+    out: dict[str, Any] = {"daemons": [d.describe() for d in NetlinkSyncProbe().running_daemons()]}
+
+    async def attempt(syncid: int) -> str:
+        svc = SyncService(
+            SyncDaemonConfig(interface="kh", syncid=syncid), sink=_Sink(), clock=LoopClock(),
+            role=SyncRole.BACKUP,
+        )  # fmt: skip
+        task = asyncio.create_task(svc.run())
         try:
-            await task
-        except SyncConflictError as exc:
-            return "refused: " + str(exc)
-        raise
-    finally:
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
-out["same_syncid"] = asyncio.run(attempt(5))
-out["other_syncid"] = asyncio.run(attempt(6))
-print(json.dumps(out))
-"""
+            await asyncio.wait_for(svc.wait_role(SyncRole.BACKUP), 20)
+            return "started"
+        except StateError:  # run() ended: its exception says why
+            try:
+                await task
+            except SyncConflictError as exc:
+                return "refused: " + str(exc)
+            raise
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
 
-BACKUP = """
-import asyncio, json, sys, structlog
-structlog.configure(logger_factory=structlog.PrintLoggerFactory(sys.stderr))
-from hactl.clock import LoopClock
-from hactl.sync.model import SyncDaemonConfig, SyncRole
-from hactl.sync.service import SyncService
-applied = []
-class Sink:
-    def apply_sync(self, e, *, now, version):
-        applied.append({"protocol": e.protocol, "flags": e.flags, "state": e.state,
-                        "cport": e.cport, "vport": e.vport, "dport": e.dport,
-                        "timeout": e.timeout, "caddr": str(e.caddr), "vaddr": str(e.vaddr),
-                        "daddr": str(e.daddr), "version": version})
-async def main():
-    svc = SyncService(SyncDaemonConfig(interface="bd", syncid=7), sink=Sink(),
-                      clock=LoopClock(), role=SyncRole.BACKUP)
+    out["same_syncid"] = asyncio.run(attempt(5))
+    out["other_syncid"] = asyncio.run(attempt(6))
+    return out
+
+
+async def hactl_backup(ready: threading.Event, seconds: float) -> dict[str, Any]:
+    """In B: an hactl backup of syncid 7 until a template and a connection arrived."""
+    from hactl.clock import LoopClock
+    from hactl.sync.model import SyncDaemonConfig, SyncRole
+    from hactl.sync.service import SyncService
+
+    sink = _Sink()
+    svc = SyncService(
+        SyncDaemonConfig(interface="bd", syncid=7), sink=sink, clock=LoopClock(),
+        role=SyncRole.BACKUP,
+    )  # fmt: skip
     task = asyncio.create_task(svc.run())
     await svc.wait_role(SyncRole.BACKUP)
-    print("READY", flush=True)
+    ready.set()
     # Until a template and a connection arrived (the kernel flushes a partial datagram after
     # 2-3 s; everything is slow under emulation), then a little longer for stragglers.
-    deadline = asyncio.get_running_loop().time() + float(sys.argv[1])
-    while asyncio.get_running_loop().time() < deadline:
-        kinds = {bool(e["flags"] & 0x1000) for e in applied}
-        if kinds == {True, False}:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + seconds
+    while loop.time() < deadline:
+        if {bool(e["flags"] & 0x1000) for e in sink.applied} == {True, False}:
             await asyncio.sleep(1.0)
             break
         await asyncio.sleep(0.1)
     (peer,) = svc.stats().peers or (None,)
-    print(json.dumps({"applied": applied, "peer": None if peer is None else {
-        "peer": peer.peer, "syncid": peer.syncid, "version": peer.version,
-        "received": peer.entries_received, "dropped": dict(peer.entries_dropped),
-        "datagrams_dropped": dict(peer.datagrams_dropped)}}), flush=True)
     task.cancel()
-asyncio.run(main())
-"""
+    await asyncio.gather(task, return_exceptions=True)
+    return {
+        "applied": sink.applied,
+        "peer": None
+        if peer is None
+        else {
+            "peer": peer.peer, "syncid": peer.syncid, "version": peer.version,
+            "received": peer.entries_received, "dropped": dict(peer.entries_dropped),
+            "datagrams_dropped": dict(peer.datagrams_dropped),
+        },
+    }  # fmt: skip
 
-SERVER = """
-import socket
-s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-s.bind(("10.2.0.2", 8080)); s.listen(); print("READY", flush=True)
-c, _ = s.accept()
-while data := c.recv(100):
-    c.sendall(data)
-"""
 
-CLIENT = """
-import socket, time
-c = socket.create_connection(("10.1.0.1", 80), timeout=5)
-for i in range(6):
-    c.sendall(b"ping %d" % i); c.recv(100); time.sleep(0.05)
-c.close()
-print("DONE", flush=True)
-"""
+def echo_server(listening: socket.socket) -> None:
+    """In R: echo one connection's bytes."""
+    conn, _ = listening.accept()
+    with conn:
+        while data := conn.recv(100):
+            conn.sendall(data)
+
+
+def client() -> str:
+    """In C: one TCP connection through the kernel director, six round trips."""
+    with socket.create_connection(("10.1.0.1", 80), timeout=5) as c:
+        for i in range(6):
+            c.sendall(b"ping %d" % i)
+            c.recv(100)
+            time.sleep(0.05)
+    return "DONE"
+
+
+class InNetns:
+    """`fn()` on a thread that entered network namespace `name` (setns affects the calling
+    thread only); `result()` joins it and returns its value or raises its exception."""
+
+    def __init__(self, name: str, fn: Callable[[], T]) -> None:
+        self._value: Any = None
+        self._error: BaseException | None = None
+
+        def main() -> None:
+            try:
+                pynetns.setns(name, flags=0)
+                self._value = fn()
+            except BaseException as exc:  # handed to result()
+                self._error = exc
+
+        self._thread = threading.Thread(target=main, daemon=True)
+        self._thread.start()
+
+    def result(self, timeout: float = 120) -> Any:
+        self._thread.join(timeout)
+        if self._thread.is_alive():
+            raise AssertionError(f"still running after {timeout}s")
+        if self._error is not None:
+            raise self._error
+        return self._value
+
+
+def listen_in(name: str, addr: str, port: int) -> socket.socket:
+    """A listening TCP socket created in namespace `name`."""
+
+    def make() -> socket.socket:
+        s = socket.socket()
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind((addr, port))
+        s.listen()
+        return s
+
+    sock: socket.socket = InNetns(name, make).result()
+    return sock
 
 
 def ns(name: str, *cmd: str) -> str:
     return sh("ip", "netns", "exec", name, *cmd)
 
 
-def link(a: str, ia: str, b: str, ib: str, addr_a: str, addr_b: str) -> None:
-    sh("ip", "-n", a, "link", "add", ia, "type", "veth", "peer", "name", ib, "netns", b)
-    sh("ip", "-n", a, "addr", "add", addr_a, "dev", ia)
-    sh("ip", "-n", b, "addr", "add", addr_b, "dev", ib)
-    sh("ip", "-n", a, "link", "set", ia, "up")
-    sh("ip", "-n", b, "link", "set", ib, "up")
-
-
-def _python_in(name: str, program: str, *args: str) -> list[str]:
-    """The command line running a `python -c` program in namespace `name`."""
-    return ["ip", "netns", "exec", name, sys.executable, "-c", program, *args]
+# The namespaces and their veth links, one `ip -batch` each (every process start is slow
+# under emulation), in an order where a link's peer namespace exists and its far end is
+# configured after it was created:
+#   H hk 192.0.2.1  -- kh 192.0.2.2  K        (hactl master -> kernel backup)
+#   C cd 10.1.0.2   -- dc 10.1.0.1   D        (client -> kernel director)
+#   D dr 10.2.0.1   -- rd 10.2.0.2   R        (director -> real server)
+#   D db 192.0.2.11 -- bd 192.0.2.12 B        (kernel master -> hactl backup)
+BATCHES = {
+    "H": "link add hk type veth peer name kh netns K\naddr add 192.0.2.1/24 dev hk\n"
+    "link set hk up\n",
+    "K": "addr add 192.0.2.2/24 dev kh\nlink set kh up\n",
+    "C": "link add cd type veth peer name dc netns D\naddr add 10.1.0.2/24 dev cd\n"
+    "link set cd up\n",
+    "D": "addr add 10.1.0.1/24 dev dc\nlink set dc up\n"
+    "link add dr type veth peer name rd netns R\naddr add 10.2.0.1/24 dev dr\nlink set dr up\n"
+    "link add db type veth peer name bd netns B\naddr add 192.0.2.11/24 dev db\n"
+    "link set db up\n",
+    "R": "addr add 10.2.0.2/24 dev rd\nlink set rd up\nroute add default via 10.2.0.1\n",
+    "B": "addr add 192.0.2.12/24 dev bd\nlink set bd up\n",
+}
 
 
 @pytest.fixture(scope="module")
@@ -175,75 +253,43 @@ def vm_result() -> Iterator[dict[str, Any]]:
     """Runs both directions and the conflict probe once; what each side saw, by name."""
     if not IN_VM:
         pytest.skip("runs inside the kernel VM only")
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
     result: dict[str, Any] = {}
-    procs: list[subprocess.Popen[str]] = []
+    server: socket.socket | None = None
     subprocess.run(["modprobe", "ip_vs"], capture_output=True, check=False)
     try:
-        for n in NAMESPACES:
-            sh("ip", "netns", "add", n)
-            sh("ip", "-n", n, "link", "set", "lo", "up")
+        sh_input("".join(f"netns add {n}\n" for n in NAMESPACES), "ip", "-batch", "-")
+        for n in ("H", "K", "C", "D", "R", "B"):
+            sh_input("link set lo up\n" + BATCHES[n], "ip", "-n", n, "-batch", "-")
+        # The client's default route needs its link up in D first.
+        sh("ip", "-n", "C", "route", "add", "default", "via", "10.1.0.1")
 
         # 1. hactl master (H) -> kernel backup (K)
-        link("H", "hk", "K", "kh", "192.0.2.1/24", "192.0.2.2/24")
         ns("K", "ipvsadm", "--start-daemon", "backup", "--mcast-interface", "kh", "--syncid", "5")
-        subprocess.run(
-            _python_in("H", MASTER), check=True, env=env, capture_output=True, timeout=60
-        )
+        InNetns("H", lambda: asyncio.run(hactl_master())).result(60)
         time.sleep(1)
         result["kernel_backup_daemon"] = ns("K", "ipvsadm", "-L", "--daemon")
         result["kernel_backup_conns"] = ns("K", "cat", "/proc/net/ip_vs_conn_sync")
-        probe = subprocess.run(
-            _python_in("K", CONFLICT), env=env, capture_output=True, text=True, timeout=120
-        )
-        result["conflict"] = (
-            json.loads(probe.stdout) if probe.returncode == 0 else {"error": probe.stderr[-3000:]}
-        )
+        result["conflict"] = InNetns("K", conflict_probe).result()
 
         # 2. kernel master (D) -> hactl backup (B), with real traffic C -> D (VIP) -> R
-        link("C", "cd", "D", "dc", "10.1.0.2/24", "10.1.0.1/24")
-        link("D", "dr", "R", "rd", "10.2.0.1/24", "10.2.0.2/24")
-        link("D", "db", "B", "bd", "192.0.2.11/24", "192.0.2.12/24")
-        sh("ip", "-n", "C", "route", "add", "default", "via", "10.1.0.1")
-        sh("ip", "-n", "R", "route", "add", "default", "via", "10.2.0.1")
         ns("D", "sysctl", "-qw", "net.ipv4.ip_forward=1")
-        ns("D", "ipvsadm", "-A", "-t", "10.1.0.1:80", "-s", "rr", "-p", "300")
-        ns("D", "ipvsadm", "-a", "-t", "10.1.0.1:80", "-r", "10.2.0.2:8080", "-m")
+        rules = "-A -t 10.1.0.1:80 -s rr -p 300\n-a -t 10.1.0.1:80 -r 10.2.0.2:8080 -m\n"
+        sh_input(rules, "ip", "netns", "exec", "D", "ipvsadm", "-R")
         ns("D", "ipvsadm", "--start-daemon", "master", "--mcast-interface", "db", "--syncid", "7")
 
-        backup = subprocess.Popen(
-            _python_in("B", BACKUP, "90"),
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
-            text=True,
-        )
-        procs.append(backup)
-        assert backup.stdout is not None
-        assert backup.stdout.readline().strip() == "READY"
-        server = subprocess.Popen(
-            _python_in("R", SERVER),
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-        procs.append(server)
-        assert server.stdout is not None
-        assert server.stdout.readline().strip() == "READY"
-        result["client"] = subprocess.run(
-            _python_in("C", CLIENT),
-            capture_output=True,
-            text=True,
-            timeout=30,
-        ).stdout.strip()
+        ready = threading.Event()
+        backup = InNetns("B", lambda: asyncio.run(hactl_backup(ready, 90)))
+        assert ready.wait(60), "the hactl backup did not start"
+        server = listen_in("R", "10.2.0.2", 8080)
+        serving = threading.Thread(target=echo_server, args=(server,), daemon=True)
+        serving.start()
+        result["client"] = InNetns("C", client).result(30)
         result["kernel_master_conns"] = ns("D", "cat", "/proc/net/ip_vs_conn")
-        out_b, _ = backup.communicate(timeout=120)
-        result["hactl_backup"] = json.loads(out_b.strip().splitlines()[-1])
+        result["hactl_backup"] = backup.result(120)
         yield result
     finally:
-        for proc in procs:
-            if proc.poll() is None:
-                proc.kill()
-            proc.communicate()
+        if server is not None:
+            server.close()
         for n in NAMESPACES:
             with contextlib.suppress(AssertionError):
                 sh("ip", "netns", "del", n)

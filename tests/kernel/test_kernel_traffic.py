@@ -573,7 +573,10 @@ class Differential:
             )
             # No destination (dropped, or rejected): the kernel lists no connection either.
             engine_picks.append(str(verdict.daddr) if verdict.daddr is not None else "none")
-        wanted = set(order)
+        # Wait for the connections the engine scheduled; those it refused the kernel must not
+        # list either, so waiting for them would only run into the time limit: one more
+        # reading after a grace period catches a kernel that scheduled one anyway.
+        wanted = {key for key, pick in zip(order, engine_picks, strict=True) if pick != "none"}
 
         async def table() -> dict[tuple[str, int], str]:
             return {
@@ -583,6 +586,9 @@ class Differential:
             }
 
         seen = await poll(table, lambda t: wanted <= set(t), within=10)
+        if len(wanted) < len(order):
+            await asyncio.sleep(1.0)
+            seen = await table()
         return [seen.get(key, "none") for key in order], engine_picks
 
     async def edit_dest(self, d: Destination) -> None:

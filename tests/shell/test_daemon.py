@@ -7,6 +7,7 @@ the VIP over real sockets, and stops the director at the end (asserting a clean 
 from __future__ import annotations
 
 import asyncio
+import gc
 import socket
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -179,6 +180,25 @@ async def test_reload_adds_server_keeps_connections_and_health_state() -> None:
         assert answer.startswith(b"HTTP/1.1 200")
         names = {await _fetch(vport) for _ in range(6)}
         assert names == {"a", "b", "new"}
+
+
+@pytest.mark.asyncio
+async def test_freeze_heap_moves_the_long_lived_objects_out_of_collection() -> None:
+    vport = _free_port()
+    gc.unfreeze()
+    try:
+        async with _servers("a") as servers, \
+                _director(_config(vport, servers), freeze_heap=True) as director:
+            started = gc.get_freeze_count()
+            assert started > 0  # frozen once started
+            gc.unfreeze()
+            assert await director.reload(parse_text(_config(vport, servers)).config)
+            assert gc.get_freeze_count() > 0  # and again after a reload
+        gc.unfreeze()
+        async with _servers("a") as servers, _director(_config(vport, servers)):
+            assert gc.get_freeze_count() == 0  # off unless asked (tests share a process)
+    finally:
+        gc.unfreeze()
 
 
 @pytest.mark.asyncio

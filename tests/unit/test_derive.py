@@ -292,8 +292,6 @@ _VI = """vrrp_instance V {{
 @pytest.mark.parametrize(
     ("snippet", "expected"),
     [
-        ("global_defs {\n lvs_flush\n}\n", "lvs_flush is not applied"),
-        ("global_defs {\n lvs_flush_on_stop\n}\n", "lvs_flush_on_stop (all) is not applied"),
         ("global_defs {\n vrrp_min_garp\n}\n", "vrrp_min_garp is not applied"),
         ("global_defs {\n vrrp_mcast_group4 224.0.0.19\n}\n" + _VI.format(vip="10.1.1.1"),
          "vrrp_mcast_group4/6 is not applied"),
