@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
-# The reliability suite: every scenario of tests/integration/test_reliability.py and
-# tests/integration/test_failover_sync.py, soak-marked ones included (--run-soak), then one
-# table of scenario, failed/total requests, outage, bound and verdict. Needs root (network
-# namespaces); nftables for the partition and sync-loss scenarios. Extra arguments go to
-# pytest (e.g. -k partition). Interpreter: $PYTHON, else .venv/bin/python (tools/setup.sh).
-# Exit status: pytest's.
+# The reliability suite: every scenario of tests/integration/test_reliability*.py and
+# tests/integration/test_failover_sync.py, and the control API fuzzing
+# (tests/shell/api/test_api_fuzz.py), soak-marked ones included (--run-soak), then one table
+# of scenario, failed/total requests, outage, bound and verdict. Needs root (network
+# namespaces); nftables for the partition and sync-loss scenarios; keepalived for the
+# comparison. Extra arguments go to pytest (e.g. -k partition). Interpreter: $PYTHON, else
+# .venv/bin/python (tools/setup.sh). Exit status: pytest's.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PY="${PYTHON:-.venv/bin/python}"
@@ -17,6 +18,11 @@ trap 'rm -rf "$work"' EXIT
 started=$(date +%s)
 HACTL_RELIABILITY_RESULTS="$work/results" "$PY" -m pytest \
     tests/integration/test_failover_sync.py tests/integration/test_reliability.py \
+    tests/integration/test_reliability_operations.py \
+    tests/integration/test_reliability_hostile.py \
+    tests/integration/test_reliability_limits.py \
+    tests/integration/test_reliability_keepalived.py \
+    tests/shell/api/test_api_fuzz.py \
     --run-soak -q -p no:cacheprovider --junitxml="$work/junit.xml" "$@"
 status=$?
 elapsed=$(( $(date +%s) - started ))

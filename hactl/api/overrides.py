@@ -30,6 +30,7 @@ The state file holds the same entries: `{"version": 1, "entries": [ENTRY, ...]}`
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
 from collections.abc import Iterable, Mapping
@@ -74,7 +75,12 @@ TOMBSTONE_TTL = 7 * 86400.0
 
 
 class StateFileError(ValueError):
-    """The state file (or a peer message) is not what this version writes."""
+    """The state file (or a peer message) is not what this version writes. `where` names the
+    bad part of a peer message for the API's error (`body.entries[2]`), None when unknown."""
+
+    def __init__(self, message: str, *, where: str | None = None) -> None:
+        super().__init__(message)
+        self.where = where
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -231,7 +237,13 @@ def entry_json(entry: OverrideEntry) -> dict[str, Any]:
 def _number(value: object, what: str) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise StateFileError(f"{what} must be a number")
-    return float(value)
+    try:
+        number = float(value)
+    except OverflowError:
+        number = math.inf
+    if not math.isfinite(number):
+        raise StateFileError(f"{what} must be a finite number")
+    return number
 
 
 def _entry_from_json(data: object) -> OverrideEntry:
@@ -241,9 +253,13 @@ def _entry_from_json(data: object) -> OverrideEntry:
         vs = parse_vs(str(data["vs"]))
         rs = parse_rs(str(data["rs"]))
         raw = data.get("override")
+        if raw is not None and not isinstance(raw, dict):
+            raise StateFileError("override must be an object or null")
         override = None if raw is None else Override.from_json(raw)
         drain_raw = data.get("drain")
         drain = None
+        if drain_raw is not None and not isinstance(drain_raw, dict):
+            raise StateFileError("drain must be an object or null")
         if drain_raw is not None:
             timeout = drain_raw.get("timeout")
             outcome = drain_raw.get("outcome")
@@ -263,7 +279,9 @@ def _entry_from_json(data: object) -> OverrideEntry:
         )
     except StateFileError:
         raise
-    except (AddressError, KeyError, TypeError, ValueError, AttributeError) as exc:
+    except KeyError as exc:
+        raise StateFileError(f"bad override entry: {exc.args[0]} is missing") from None
+    except (AddressError, TypeError, ValueError, AttributeError) as exc:
         raise StateFileError(f"bad override entry: {exc}") from None
 
 
@@ -284,15 +302,27 @@ def decode_message(data: bytes) -> tuple[str, list[OverrideEntry]]:
         doc = json.loads(data)
     except (UnicodeDecodeError, ValueError):
         raise StateFileError("override message is not JSON") from None
-    if not isinstance(doc, dict) or doc.get("type") != MESSAGE_TYPE:
-        raise StateFileError("not an override message")
+    if not isinstance(doc, dict):
+        raise StateFileError("not an override message (not an object)", where="body")
+    if doc.get("type") != MESSAGE_TYPE:
+        raise StateFileError(f"not an override message (type must be {MESSAGE_TYPE!r})",
+                             where="body.type")
     if doc.get("version") != MESSAGE_VERSION:
-        raise StateFileError(f"override message version {doc.get('version')!r} not supported")
+        raise StateFileError(f"override message version {doc.get('version')!r} not supported",
+                             where="body.version")
     origin = doc.get("origin")
     entries = doc.get("entries")
-    if not isinstance(origin, str) or not isinstance(entries, list):
-        raise StateFileError("override message needs origin and entries")
-    return origin, [_entry_from_json(e) for e in entries]
+    if not isinstance(origin, str):
+        raise StateFileError("override message needs origin (a string)", where="body.origin")
+    if not isinstance(entries, list):
+        raise StateFileError("override message needs entries (an array)", where="body.entries")
+    out = []
+    for i, entry in enumerate(entries):
+        try:
+            out.append(_entry_from_json(entry))
+        except StateFileError as exc:
+            raise StateFileError(f"entries[{i}]: {exc}", where=f"body.entries[{i}]") from None
+    return origin, out
 
 
 # ---------------------------------------------------------------------------------------------

@@ -6,7 +6,9 @@ status page at /, authentication, JSON errors, and the listening sockets.
 Rules:
 * Every error is a JSON object `{"error": {"status": N, "code": "...", "message": "..."}}`,
   never a traceback: the error middleware maps HTTP errors, bad input and UnknownServer,
-  and logs anything else as `api.internal_error` before answering 500.
+  and logs anything else as `api.internal_error` before answering 500. A 400 also says
+  where the bad input is (`"where"`): `body:LINE:COL` (not JSON), `body` (the whole body),
+  `body.FIELD` / `body.entries[I]` (one value), `path.vs` / `path.rs`, `query.NAME`.
 * Unix socket (the default): no token; the socket's mode (0600, owner = the daemon's user)
   is the access control, as for the Docker and containerd sockets.
 * TCP: a bearer token is required for every mutating call (POST/PUT/DELETE), compared in
@@ -85,13 +87,18 @@ _POLL_KEY = web.AppKey("poll_interval", float)
 
 
 class _BadRequest(Exception):
-    """Malformed input: becomes a 400 JSON error with this message."""
+    """Malformed input: becomes a 400 JSON error with this message and `where` it is."""
+
+    def __init__(self, message: str, *, where: str) -> None:
+        super().__init__(message)
+        self.where = where
 
 
-def _error(status: int, code: str, message: str) -> web.Response:
-    return web.json_response(
-        {"error": {"status": status, "code": code, "message": message}}, status=status
-    )
+def _error(status: int, code: str, message: str, *, where: str | None = None) -> web.Response:
+    err: dict[str, Any] = {"status": status, "code": code, "message": message}
+    if where is not None:
+        err["where"] = where
+    return web.json_response({"error": err}, status=status)
 
 
 _HTTP_CODES = {
@@ -118,7 +125,7 @@ async def _errors(
             response.headers["Allow"] = exc.headers["Allow"]
         return response
     except _BadRequest as exc:
-        return _error(400, "bad_request", str(exc))
+        return _error(400, "bad_request", str(exc), where=exc.where)
     except UnknownServer as exc:
         return _error(404, "not_found", str(exc.args[0]) if exc.args else "not found")
     except Exception as exc:
@@ -160,23 +167,58 @@ async def _body(request: web.Request) -> dict[str, Any]:
     raw = await request.read()  # raises HTTPRequestEntityTooLarge beyond client_max_size
     if not raw.strip():
         return {}
-    try:
-        doc = json.loads(raw)
-    except (UnicodeDecodeError, ValueError):
-        raise _BadRequest("request body is not valid JSON") from None
+    doc = _json(raw)
     if not isinstance(doc, dict):
-        raise _BadRequest("request body must be a JSON object")
+        raise _BadRequest(
+            f"request body must be a JSON object, not {_json_type(doc)}", where="body"
+        )
     return doc
+
+
+def _json(raw: bytes) -> Any:
+    """The parsed body. Raises _BadRequest saying where parsing stopped."""
+    try:
+        return json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise _BadRequest(
+            f"request body is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}",
+            where=f"body:{exc.lineno}:{exc.colno}",
+        ) from None
+    except UnicodeDecodeError as exc:
+        raise _BadRequest(
+            f"request body is not UTF-8 text (byte {exc.start})", where="body"
+        ) from None
+    except RecursionError:
+        # The C scanner recurses per nesting level: a 64 KiB body of "[" overflows it.
+        raise _BadRequest("request body is nested too deeply", where="body") from None
+    except ValueError as exc:  # e.g. an integer beyond the str-to-int digit limit
+        raise _BadRequest(f"request body is not usable JSON: {exc}", where="body") from None
+
+
+_JSON_TYPES: tuple[tuple[type, str], ...] = (
+    (bool, "a boolean"), (int, "an integer"), (float, "a number"), (str, "a string"),
+    (list, "an array"), (dict, "an object"),
+)
+
+
+def _json_type(value: object) -> str:
+    if value is None:
+        return "null"
+    for kind, name in _JSON_TYPES:
+        if isinstance(value, kind):
+            return name
+    return type(value).__name__
 
 
 def _field(doc: dict[str, Any], name: str, kind: type | tuple[type, ...], default: Any) -> Any:
     value = doc.get(name, default)
     if value is default:
         return value
-    if isinstance(value, bool) and kind is not bool:
-        raise _BadRequest(f"{name} has the wrong type")
-    if not isinstance(value, kind):
-        raise _BadRequest(f"{name} has the wrong type")
+    if (isinstance(value, bool) and kind is not bool) or not isinstance(value, kind):
+        kinds = kind if isinstance(kind, tuple) else (kind,)
+        wanted = " or ".join(dict(_JSON_TYPES)[k] for k in kinds)
+        raise _BadRequest(f"{name} must be {wanted}, not {_json_type(value)}",
+                          where=f"body.{name}")
     return value
 
 
@@ -184,7 +226,7 @@ def _vs_key(request: web.Request) -> ServiceKey:
     try:
         return parse_vs(request.match_info["vs"])
     except AddressError as exc:
-        raise _BadRequest(str(exc)) from None
+        raise _BadRequest(str(exc), where="path.vs") from None
 
 
 def _keys(request: web.Request) -> tuple[ServiceKey, RsKey]:
@@ -192,7 +234,7 @@ def _keys(request: web.Request) -> tuple[ServiceKey, RsKey]:
     try:
         return vs, parse_rs(request.match_info["rs"])
     except AddressError as exc:
-        raise _BadRequest(str(exc)) from None
+        raise _BadRequest(str(exc), where="path.rs") from None
 
 
 def _query_flag(request: web.Request, name: str) -> bool:
@@ -203,7 +245,7 @@ def _query_flag(request: web.Request, name: str) -> bool:
         return True
     if value.lower() in ("0", "false", "no"):
         return False
-    raise _BadRequest(f"query parameter {name} must be true or false")
+    raise _BadRequest(f"query parameter {name} must be true or false", where=f"query.{name}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -281,14 +323,15 @@ async def _ipvs_text(request: web.Request) -> web.Response:
     if view == "list":
         fmt_word = request.query.get("format", "default")
         if fmt_word not in _FORMATS:
-            raise _BadRequest(f"format must be one of {', '.join(sorted(_FORMATS))}")
+            raise _BadRequest(f"format must be one of {', '.join(sorted(_FORMATS))}",
+                              where="query.format")
         fmt = _FORMATS[fmt_word]
         services = await director.ipvs_services()
         if "service" in request.query:
             try:
                 key = parse_vs(request.query["service"])
             except AddressError as exc:
-                raise _BadRequest(str(exc)) from None
+                raise _BadRequest(str(exc), where="query.service") from None
             for st in services:
                 if st.service.key == key:
                     text = ipvsadm.list_service(st, fmt=fmt, exact=exact, nosort=nosort)
@@ -307,7 +350,7 @@ async def _ipvs_text(request: web.Request) -> web.Response:
     elif view == "timeout":
         text = ipvsadm.list_timeout(director.ipvs_timeouts())
     else:
-        raise _BadRequest("view must be list, save, connections or timeout")
+        raise _BadRequest("view must be list, save, connections or timeout", where="query.view")
     return web.Response(text=text, content_type="text/plain")
 
 
@@ -378,10 +421,14 @@ async def _drain(request: web.Request) -> web.StreamResponse:
     body = await _body(request)
     wait = _field(body, "wait", bool, False)
     timeout = _field(body, "timeout", (int, float), None)
+    try:
+        timeout = None if timeout is None else float(timeout)
+    except OverflowError:  # an integer beyond the float range
+        timeout = math.inf
     if timeout is not None and not (math.isfinite(timeout) and timeout >= 0):
-        raise _BadRequest("timeout must be a finite number >= 0")
+        raise _BadRequest("timeout must be a finite number >= 0", where="body.timeout")
     options = DrainOptions(
-        timeout=None if timeout is None else float(timeout),
+        timeout=timeout,
         expire_templates=_field(body, "expire_templates", bool, False),
         remove=_field(body, "remove", bool, True),
         poll_interval=request.app[_POLL_KEY],
@@ -453,9 +500,9 @@ async def _weight(request: web.Request) -> web.Response:
     body = await _body(request)
     weight = _field(body, "weight", int, None)
     if weight is None:
-        raise _BadRequest("weight is required")
+        raise _BadRequest("weight is required", where="body.weight")
     if not 0 <= weight <= 65535:
-        raise _BadRequest("weight must be 0-65535")
+        raise _BadRequest("weight must be 0-65535", where="body.weight")
     reason = _field(body, "reason", str, "")
     return await _set(request, Override(kind=OverrideKind.WEIGHT, weight=weight, reason=reason))
 
@@ -469,10 +516,11 @@ async def _reload(request: web.Request) -> web.Response:
 
 async def _peer_overrides(request: web.Request) -> web.Response:
     data = await request.read()
+    _json(data)  # a syntax error is reported with its position; the message is parsed below
     try:
         changed = await _ops(request).receive_peer_message(data)
     except StateFileError as exc:
-        raise _BadRequest(str(exc)) from None
+        raise _BadRequest(str(exc), where=exc.where or "body") from None
     return web.json_response({"changed": len(changed)})
 
 

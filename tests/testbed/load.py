@@ -5,7 +5,8 @@ Run inside the client namespace (`ClientLoad.start` does that):
 --max-requests N [--interval S] [--stop-file F]`. It issues HTTP `GET /` requests, one
 TCP connection each, cycling through the source addresses, paced at `interval`, until the
 duration, the request budget or the stop file ends it. Each request is one JSON line:
-`{"t": start, "end": end, "src": ..., "ok": ..., "server": ..., "error": ...}` with times on
+`{"t": start, "end": end, "src": ..., "port": ..., "ok": ..., "server": ..., "error": ...}`
+(`port`: the client's source port) with times on
 the system-wide monotonic clock (the test reads the same clock). A request succeeds when it
 gets `200` with the whole announced body, within `--timeout`.
 
@@ -30,12 +31,14 @@ from typing import Any
 __all__ = ["ClientLoad", "Summary", "main", "read_records", "summarize"]
 
 
-def _request(vip: str, port: int, src: str, timeout: float) -> tuple[bool, str | None, str]:
+def _request(vip: str, port: int, src: str, timeout: float,
+             local: list[int]) -> tuple[bool, str | None, str]:
     deadline = time.monotonic() + timeout
     try:
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
             s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             s.bind((src, 0))
+            local.append(s.getsockname()[1])
             s.settimeout(timeout)
             s.connect((vip, port))
             s.sendall(b"GET / HTTP/1.1\r\nHost: vip\r\nConnection: close\r\n\r\n")
@@ -72,10 +75,12 @@ def run(args: argparse.Namespace) -> None:
             if now >= end or (stop is not None and stop.exists()):
                 break
             src = sources[n % len(sources)]
-            ok, server, error = _request(args.vip, args.port, src, args.timeout)
+            local: list[int] = []
+            ok, server, error = _request(args.vip, args.port, src, args.timeout, local)
             done = time.monotonic()
             out.write(json.dumps({"t": now, "end": done, "src": src, "ok": ok,
-                                  "server": server, "error": error}) + "\n")
+                                  "server": server, "error": error,
+                                  "port": local[0] if local else None}) + "\n")
             pause = args.interval - (done - now)
             if pause > 0:
                 time.sleep(pause)
