@@ -2,7 +2,9 @@
 # Sets up everything hactl needs on a fresh Debian machine with Python >= 3.11:
 # Debian packages (when root, or via sudo), a virtual environment in .venv, and hactl
 # installed into it in editable mode. Safe to run again; it only installs what is missing.
-# Usage: tools/setup.sh [runtime|test]   (sourced or executed)
+# Usage: tools/setup.sh [runtime|test|bench]   (sourced or executed)
+# bench: what the scripts in bench/ run against (wrk, nginx and haproxy for the data plane,
+# keepalived for the configuration and VRRP peers) and hactl with the `fast` extra.
 set -euo pipefail
 HACTL_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 profile="${1:-test}"
@@ -14,6 +16,9 @@ say() { printf '[setup] %s\n' "$*" >&2; }
 debs=(iproute2 python3-venv)
 if [ "$profile" = test ]; then
     debs+=(keepalived tshark nftables procps chromium)
+fi
+if [ "$profile" = bench ]; then
+    debs+=(wrk nginx haproxy keepalived nftables)
 fi
 install_debs setup "${debs[@]}" || say "tests that need the missing packages will skip"
 if [ "$profile" = test ]; then
@@ -36,6 +41,7 @@ if [ ! -f "$stamp" ]; then
     "$venv/bin/python" -m pip install -q --disable-pip-version-check --upgrade pip >/dev/null
     extra=""
     [ "$profile" = test ] && extra="[test]"
+    [ "$profile" = bench ] && extra="[fast]"
     "$venv/bin/python" -m pip install -q --disable-pip-version-check -e "$HACTL_ROOT$extra"
     touch "$stamp"
 fi
