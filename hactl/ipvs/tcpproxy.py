@@ -802,7 +802,7 @@ class TcpConnection:
             timeout = self.opts.connect_timeout or ctx.connect_timeout
             ctx.connecting.append((now + timeout, self))
         elif err == 0:
-            self.early = _EV_IN  # connected at once: look at both sides
+            self.early = _EV_IN  # connected at once: read both sides until EAGAIN
             self._established(now)
         else:
             self._connect_failed(err, now)
@@ -835,13 +835,17 @@ class TcpConnection:
                 up.pending = header[sent:]  # flushed on the next output edge, then read
         # Act on the input edges that came while connecting (and only on those: later data
         # raises new edges).
+        # Each edge's hangup bits say whether a FIN may wait behind the data: without one, a
+        # short read means drained (saves the recv that would only say EAGAIN: the client's
+        # request usually came while connecting).
         down.reading = True
         if server_events & _EV_IN:
-            down.on_readable()
+            down.on_readable(bool(server_events & _EV_HANGUP))
         if self.state is _State.OPEN and up.pending is None:
             up.reading = True
-            if self.early & _EV_IN:
-                up.on_readable()
+            early = self.early
+            if early & _EV_IN:
+                up.on_readable(bool(early & _EV_HANGUP))
 
     def _connect_failed(self, err: int, now: float) -> None:
         ctx = self.ctx

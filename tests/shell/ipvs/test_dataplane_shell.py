@@ -177,6 +177,47 @@ async def test_bulk_transfer_goes_through_splice_intact() -> None:
         await a.stop()
 
 
+@pytest.mark.asyncio
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("fin", [False, True])
+async def test_request_sent_before_the_real_server_accepted(fin: bool) -> None:
+    # The client writes at once, so its request (and FIN) usually waits in the client socket
+    # while the real server is being connected: a short first read of that request must
+    # neither lose a FIN behind it nor stop later requests; and a small exchange moves by
+    # plain recv/send, without taking a splice pipe.
+    (a,) = await start_servers(["a"])
+    plane, table, svc = serving_plane("memory", [(a.port, 1)])
+    try:
+        plane.apply([svc])
+        for _ in range(3):
+            reader, writer = await asyncio.open_connection("127.0.0.1", svc.key.port)
+            try:
+                writer.write(b"NAME\n")
+                if fin:
+                    writer.write_eof()
+                    assert await reader.read() == b"a\na\n"
+                else:
+                    assert await reader.readline() == b"a\n"  # the greeting
+                    assert await reader.readline() == b"a\n"
+                    writer.write(b"NAME\n")  # a later request raises a new edge
+                    assert await reader.readline() == b"a\n"
+                    writer.write_eof()
+                    assert await reader.read() == b""
+            finally:
+                writer.close()
+                await writer.wait_closed()
+        await asyncio.sleep(0.05)
+        for flow in table.flows():
+            events = table.events_of(flow)
+            assert FlowEvent.CLIENT_FIN in events and events[-1] is FlowEvent.CLOSED
+        stats = plane.stats()
+        assert stats.completed == 3 and stats.active == 0
+        assert stats.bytes_spliced == 0 and stats.open_pipes == 0
+    finally:
+        plane.close()
+        await a.stop()
+
+
 class _UdpNamed(asyncio.DatagramProtocol):
     def __init__(self, name: str) -> None:
         self.name = name
