@@ -1609,18 +1609,24 @@ def _vsg_range(word: Word) -> tuple[m.IPAddress, m.IPAddress]:
     return addr, addr
 
 
-def _vs_header(ctx: _Ctx, node: Node) -> dict[str, Any] | None:
-    a = node.args
+def _ip_port_header(a: tuple[str, ...]) -> dict[str, Any] | None:
+    """The header of `IP PORT` read from the words' text; None for anything else (and for
+    a bad value), which the full path then parses and reports."""
     if len(a) == 2 and a[1].isascii() and a[1].isdigit():
-        # `virtual_server IP PORT`, the common case, read from the words' text.
         try:
             addr = _ip(a[0])
         except ValueError:
-            pass
-        else:
-            port = int(a[1])
-            if port <= 65535:
-                return {"address": addr, "port": port}
+            return None
+        port = int(a[1])
+        if port <= 65535:
+            return {"address": addr, "port": port}
+    return None
+
+
+def _vs_header(ctx: _Ctx, node: Node) -> dict[str, Any] | None:
+    fast = _ip_port_header(node.args)  # `virtual_server IP PORT`, the common case
+    if fast is not None:
+        return fast
     st = node_stmt(node)
     words = st.args
     try:
@@ -1738,17 +1744,9 @@ _KINDS = {kind.value: kind for kind in CheckerKind}
 
 
 def _rs_header(ctx: _Ctx, node: Node) -> dict[str, Any] | None:
-    a = node.args
-    if len(a) == 2 and a[1].isascii() and a[1].isdigit():
-        # `real_server IP PORT`, the common case, read from the words' text.
-        try:
-            addr = _ip(a[0])
-        except ValueError:
-            pass
-        else:
-            port = int(a[1])
-            if port <= 65535:
-                return {"address": addr, "port": port}
+    fast = _ip_port_header(node.args)  # `real_server IP PORT`, the common case
+    if fast is not None:
+        return fast
     st = node_stmt(node)
     header: dict[str, Any]
     try:

@@ -20,10 +20,10 @@ import errno
 from pathlib import Path
 from typing import Any
 
-from pyroute2 import AsyncIPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
 from hactl.errors import KernelError, LinkNotFound
+from hactl.net.netlink import LazyIPRoute
 
 __all__ = ["NetlinkVmacPort"]
 
@@ -43,23 +43,16 @@ class NetlinkVmacPort:
     """Creates and deletes the VMAC macvlans; `sysctl_root` None skips sysctls."""
 
     def __init__(self, *, netns: str | None = None, sysctl_root: Path | None = _SYSCTL) -> None:
-        self._netns = netns
         self._sysctl_root = None if netns else sysctl_root
-        self._ipr: Any = None
+        self._ipr = LazyIPRoute(netns)
         self._saved: dict[str, dict[tuple[str, str], str]] = {}  # base -> original values
         self._users: dict[str, set[str]] = {}  # base -> macvlans hactl made on it
 
     async def _route(self) -> Any:
-        if self._ipr is None:
-            ipr = AsyncIPRoute(netns=self._netns) if self._netns else AsyncIPRoute()
-            await ipr.setup_endpoint()
-            self._ipr = ipr
-        return self._ipr
+        return await self._ipr.get()
 
     async def close(self) -> None:
-        if self._ipr is not None:
-            self._ipr.close()
-            self._ipr = None
+        self._ipr.close()
 
     async def _index(self, name: str) -> int | None:
         ipr = await self._route()

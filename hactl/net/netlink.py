@@ -8,7 +8,7 @@ Rules:
   operation name and errno.
 * pyroute2 messages never leave this module: callers get ipaddress objects.
 * One AsyncIPRoute socket per adapter, opened lazily in the running loop, closed by
-  `close()`.
+  `close()` (`LazyIPRoute`, which the VMAC adapter in `macvlan.py` holds too).
 * Adding and removing addresses, the step between a VRRP takeover and the VIP answering,
   go over a second, plain rtnetlink socket (`_AddressRequests`): one request and its
   acknowledgement, encoded here, about 30 us against pyroute2's 0.5 ms (its message
@@ -36,7 +36,7 @@ from pyroute2.netns import create_socket
 from hactl.errors import KernelError, LinkNotFound
 from hactl.net.ports import Family, IPAddress, IPInterface, Route, Rule
 
-__all__ = ["NetlinkAddressPort"]
+__all__ = ["LazyIPRoute", "NetlinkAddressPort"]
 
 _IDEMPOTENT_DEL = {errno.EADDRNOTAVAIL, errno.ENOENT, errno.ESRCH}
 _FAMILY = {4: 2, 6: 10}  # AF_INET, AF_INET6
@@ -137,26 +137,41 @@ def _undecodable(op: str, err: Exception) -> KernelError:
     return KernelError(op, errno.EBADMSG, f"{op}: undecodable netlink reply ({err!r})")
 
 
-class NetlinkAddressPort:
-    """rtnetlink adapter; optionally bound to a network namespace by name."""
+class LazyIPRoute:
+    """One AsyncIPRoute socket, in `netns` if given, opened in the running loop on first
+    use; `close` ends it, and the next use opens a new one."""
 
-    def __init__(self, *, netns: str | None = None) -> None:
+    def __init__(self, netns: str | None) -> None:
         self._netns = netns
         self._ipr: Any = None
-        self._requests: _AddressRequests | None = None
-        self._index: dict[str, int] = {}
 
-    async def _route(self) -> Any:
+    async def get(self) -> Any:
         if self._ipr is None:
             ipr = AsyncIPRoute(netns=self._netns) if self._netns else AsyncIPRoute()
             await ipr.setup_endpoint()
             self._ipr = ipr
         return self._ipr
 
-    async def close(self) -> None:
+    def close(self) -> None:
         if self._ipr is not None:
             self._ipr.close()
             self._ipr = None
+
+
+class NetlinkAddressPort:
+    """rtnetlink adapter; optionally bound to a network namespace by name."""
+
+    def __init__(self, *, netns: str | None = None) -> None:
+        self._netns = netns
+        self._ipr = LazyIPRoute(netns)
+        self._requests: _AddressRequests | None = None
+        self._index: dict[str, int] = {}
+
+    async def _route(self) -> Any:
+        return await self._ipr.get()
+
+    async def close(self) -> None:
+        self._ipr.close()
         if self._requests is not None:
             self._requests.close()
             self._requests = None

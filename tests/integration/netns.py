@@ -34,9 +34,11 @@ __all__ = [
     "Segment",
     "VrrpPeer",
     "addresses",
+    "closed_after",
     "ip",
     "ns_exec",
     "ping",
+    "run_script",
     "segment",
     "wait_until",
 ]
@@ -518,3 +520,29 @@ class KeepalivedPeer(VrrpPeer):
         os.kill(child, signal.SIGKILL)
         os.kill(self.proc.pid, signal.SIGKILL)
         self.proc.wait()
+
+
+@contextlib.contextmanager
+def closed_after(*peers: VrrpPeer) -> Iterator[None]:
+    """Close the peers when the block ends; if it fails, print each peer's log first."""
+    try:
+        yield
+    except BaseException:
+        for peer in peers:
+            print(f"==== {peer.kind} {peer.node.name} log ====\n{peer.log()[-6000:]}")
+        raise
+    finally:
+        for peer in peers:
+            peer.close()
+
+
+def run_script(netns: str, script: str) -> subprocess.CompletedProcess[str]:
+    """Run a Python `script` in `netns` with hactl importable and a bare environment."""
+    return subprocess.run(
+        ["ip", "netns", "exec", netns, sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=REPO,
+        env={"PYTHONPATH": REPO, "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"},
+    )

@@ -105,10 +105,30 @@ def _progress(path: str) -> list[dict[str, Any]]:
         return []
 
 
+def _phase(path: str, name: str) -> dict[str, Any] | None:
+    """The first progress record of `phase` `name` in the holder's output at `path`."""
+    return next((r for r in _progress(path) if r.get("phase") == name), None)
+
+
+def _holder(bed: Testbed, *, port: int, count: int, out: str, limit: float, hold: float,
+            stop: str | None = None, log: str = "hold.log") -> subprocess.Popen[bytes]:
+    """`connhold hold` on the client: `count` connections to VIP:`port` from its extra
+    addresses, progress to `out`; held `hold` seconds, or until `stop` exists."""
+    argv = [
+        sys.executable, "-m", "tests.testbed.connhold", "hold", "--vip", str(bed.vip),
+        "--port", str(port), "--sources", ",".join(str(a) for a in bed.client.extra),
+        "--count", str(count), "--out", out, "--limit", str(limit), "--hold", str(hold),
+    ]
+    if stop is not None:
+        argv += ["--stop-file", stop]
+    return bed.spawn(bed.client, argv, log=log, env=env(), cwd=REPO, stdout=subprocess.DEVNULL)
+
+
 # --------------------------------------------------------------------- connections
 
 
-def _connections(bed: Testbed, count: int) -> None:
+def _hold_director(bed: Testbed) -> HactlDirector:
+    """d1 alone and master, with a sink on HOLD_PORT of every real server in its table."""
     for host in bed.real_servers:
         _sink(bed, host, HOLD_PORT)
     servers = [(str(h.address), HOLD_PORT) for h in bed.real_servers]
@@ -116,32 +136,30 @@ def _connections(bed: Testbed, count: int) -> None:
                         extra_config=_service(bed, HOLD_PORT, servers, delay_loop=2))
     d1, _, _ = _start_alone(bed, spec)
     assert wait_for(lambda: len(_dests(d1, HOLD_PORT)) == len(servers), 10) is not None
+    return d1
+
+
+def _connections(bed: Testbed, count: int) -> None:
+    d1 = _hold_director(bed)
     assert d1.proc is not None
     nofile = _nofile(d1.proc.pid)
     assert nofile >= 2 * count, f"the director allows {nofile} descriptors"
     rss_before = d1.rss_kib()
     out, stop = bed.path("hold.jsonl"), bed.path("hold.stop")
-    sources = ",".join(str(a) for a in bed.client.extra)
     establish_limit = 30 + count / 500
-    holder = bed.spawn(bed.client, [
-        sys.executable, "-m", "tests.testbed.connhold", "hold", "--vip", str(bed.vip),
-        "--port", str(HOLD_PORT), "--sources", sources, "--count", str(count), "--out", out,
-        "--limit", str(establish_limit), "--hold", "120", "--stop-file", stop,
-    ], log="hold.log", env=env(), cwd=REPO, stdout=subprocess.DEVNULL)
+    holder = _holder(bed, port=HOLD_PORT, count=count, out=out, limit=establish_limit,
+                     hold=120, stop=stop)
 
-    def phase(name: str) -> dict[str, Any] | None:
-        return next((r for r in _progress(out) if r.get("phase") == name), None)
-
-    assert wait_for(lambda: phase("established") is not None, establish_limit + 20,
+    assert wait_for(lambda: _phase(out, "established") is not None, establish_limit + 20,
                     step=0.5) is not None, (_progress(out)[-3:], d1.log_text()[-2000:])
-    est = phase("established")
+    est = _phase(out, "established")
     assert est is not None
     time.sleep(1)
     active = sum(d["activeconns"] for d in _dests(d1, HOLD_PORT))
     rss_held = d1.rss_kib()
     Path(stop).touch()
-    assert wait_for(lambda: phase("rechecked") is not None, 60, step=0.5) is not None
-    rechecked = phase("rechecked")
+    assert wait_for(lambda: _phase(out, "rechecked") is not None, 60, step=0.5) is not None
+    rechecked = _phase(out, "rechecked")
     assert rechecked is not None
     holder.wait(30)
     per_conn = (rss_held - rss_before) * 1024 / max(1, est["held"])
@@ -207,28 +225,13 @@ def test_connections_beyond_the_descriptor_limit(bed: Testbed) -> None:
 
 
 def _beyond_limit(bed: Testbed, count: int) -> None:
-    for host in bed.real_servers:
-        _sink(bed, host, HOLD_PORT)
-    servers = [(str(h.address), HOLD_PORT) for h in bed.real_servers]
-    spec = DirectorSpec(priority=150, servers=0,
-                        extra_config=_service(bed, HOLD_PORT, servers, delay_loop=2))
-    d1, _, _ = _start_alone(bed, spec)
-    assert wait_for(lambda: len(_dests(d1, HOLD_PORT)) == len(servers), 10) is not None
+    d1 = _hold_director(bed)
     assert d1.proc is not None
     removed_before = d1.count("ipvs.dest_removed")
     out, stop = bed.path("hold.jsonl"), bed.path("hold.stop")
-    sources = ",".join(str(a) for a in bed.client.extra)
-    holder = bed.spawn(bed.client, [
-        sys.executable, "-m", "tests.testbed.connhold", "hold", "--vip", str(bed.vip),
-        "--port", str(HOLD_PORT), "--sources", sources, "--count", str(count), "--out", out,
-        "--limit", "60", "--hold", "120", "--stop-file", stop,
-    ], log="hold.log", env=env(), cwd=REPO, stdout=subprocess.DEVNULL)
-
-    def phase(path: str, name: str) -> dict[str, Any] | None:
-        return next((r for r in _progress(path) if r.get("phase") == name), None)
-
-    assert wait_for(lambda: phase(out, "established") is not None, 120, step=0.5) is not None
-    est = phase(out, "established")
+    holder = _holder(bed, port=HOLD_PORT, count=count, out=out, limit=60, hold=120, stop=stop)
+    assert wait_for(lambda: _phase(out, "established") is not None, 120, step=0.5) is not None
+    est = _phase(out, "established")
     assert est is not None
     time.sleep(3)
     alive = d1.proc.poll() is None
@@ -239,13 +242,10 @@ def _beyond_limit(bed: Testbed, count: int) -> None:
     holder.wait(60)
     # The others left: a new batch of clients is served.
     out2 = bed.path("after.jsonl")
-    after = bed.spawn(bed.client, [
-        sys.executable, "-m", "tests.testbed.connhold", "hold", "--vip", str(bed.vip),
-        "--port", str(HOLD_PORT), "--sources", sources, "--count", "200", "--out", out2,
-        "--limit", "30", "--hold", "0",
-    ], log="after.log", env=env(), cwd=REPO, stdout=subprocess.DEVNULL)
+    after = _holder(bed, port=HOLD_PORT, count=200, out=out2, limit=30, hold=0,
+                    log="after.log")
     after.wait(90)
-    again = phase(out2, "established") or {}
+    again = _phase(out2, "established") or {}
     passed = alive and master and again.get("held") == 200 and est["held"] > 0
     record(f"connections_beyond_limit_{count}", Summary(count, count - est["held"], 0.0, ()),
            bound="no_crash,_recovers", passed=passed,
@@ -297,13 +297,10 @@ def _real_servers(bed: Testbed, count: int, *, delay_loop: float) -> None:
     # Traffic reaches the servers through the VIP (rr: one connection per server).
     out = bed.path("many.jsonl")
     sample = min(count, 2_000)
-    holder = bed.spawn(bed.client, [
-        sys.executable, "-m", "tests.testbed.connhold", "hold", "--vip", str(bed.vip),
-        "--port", str(MANY_PORT), "--sources", ",".join(str(a) for a in bed.client.extra),
-        "--count", str(sample), "--out", out, "--limit", "60", "--hold", "0",
-    ], log="many.log", env=env(), cwd=REPO, stdout=subprocess.DEVNULL)
+    holder = _holder(bed, port=MANY_PORT, count=sample, out=out, limit=60, hold=0,
+                     log="many.log")
     holder.wait(120)
-    est = next((r for r in _progress(out) if r.get("phase") == "established"), {})
+    est = _phase(out, "established") or {}
     served = sum(1 for d in _dests(d1, MANY_PORT) if d["stats"]["conns"] > 0)
     passed = (table == count and downs == 0 and est.get("held") == sample
               and served == sample)

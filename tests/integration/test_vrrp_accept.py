@@ -30,9 +30,10 @@ from tests.integration.netns import (
     KeepalivedPeer,
     PeerSpec,
     Segment,
-    VrrpPeer,
+    closed_after,
     ns_exec,
     ping,
+    run_script,
     segment,
     wait_until,
 )
@@ -118,19 +119,6 @@ def _blocks_vip(netns: str) -> bool:
     return "@vips drop" in text and VIP in text
 
 
-@contextlib.contextmanager
-def _closed_after(*peers: VrrpPeer) -> Iterator[None]:
-    try:
-        yield
-    except BaseException:
-        for peer in peers:
-            print(f"==== {peer.kind} {peer.node.name} log ====\n{peer.log()[-6000:]}")
-        raise
-    finally:
-        for peer in peers:
-            peer.close()
-
-
 @pytest.mark.parametrize(
     "kind_a", ["hactl", pytest.param("keepalived", marks=pytest.mark.keepalived)]
 )
@@ -143,7 +131,7 @@ def test_no_accept_master_drops_traffic_to_the_vip(
     a = cls(seg["a"], PeerSpec(priority=150), str(tmp_path / "a"))
     b = HactlPeer(seg["b"], PeerSpec(priority=100), str(tmp_path / "b"))
     client = seg["client"].netns
-    with _closed_after(a, b), _listener(seg["a"].netns), _listener(seg["b"].netns):
+    with closed_after(a, b), _listener(seg["a"].netns), _listener(seg["b"].netns):
         b.start()
         a.start()
         b.wait_ready()
@@ -213,13 +201,5 @@ async def main():
     print("ok")
 asyncio.run(main())
 """
-    repo = str(Path(__file__).resolve().parents[2])
-    out = subprocess.run(
-        ["ip", "netns", "exec", seg["a"].netns, sys.executable, "-c", script],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=repo,
-        env={"PYTHONPATH": repo, "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"},
-    )
+    out = run_script(seg["a"].netns, script)
     assert out.stdout.strip() == "ok", out.stderr

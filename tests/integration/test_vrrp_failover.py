@@ -53,6 +53,7 @@ from tests.integration.netns import (
     PeerSpec,
     Segment,
     VrrpPeer,
+    closed_after,
     ping,
     segment,
     wait_until,
@@ -162,20 +163,6 @@ def seg() -> Iterator[Segment]:
         yield s
 
 
-@contextlib.contextmanager
-def _closed_after(*peers: VrrpPeer) -> Iterator[None]:
-    """Close the peers when the block ends; if it fails, print each peer's log first."""
-    try:
-        yield
-    except BaseException:
-        for peer in peers:
-            print(f"==== {peer.kind} {peer.node.name} log ====\n{peer.log()[-6000:]}")
-        raise
-    finally:
-        for peer in peers:
-            peer.close()
-
-
 def _peer(kind: str, seg: Segment, name: str, spec: PeerSpec, tmp: Path) -> VrrpPeer:
     cls = HactlPeer if kind == "hactl" else KeepalivedPeer
     return cls(seg[name], spec, str(tmp / name))
@@ -218,7 +205,7 @@ def test_failover(
     down_b = master_down_interval(version, 100, interval_cs)
     skew_b = skew_time(version, 100, interval_cs)
     client = seg["client"].netns
-    with _closed_after(a, b):
+    with closed_after(a, b):
         b.start()
         a.start()
         b.wait_ready()
@@ -305,7 +292,7 @@ def test_keepalived_learns_nothing_wrong_from_hactl_v3_ipv6(tmp_path: Path) -> N
             PeerSpec(priority=100, version=3, advert_int=0.1, vips=vip6),
             str(tmp_path / "b"),
         )
-        with _closed_after(a, b):
+        with closed_after(a, b):
             b.start()
             a.start()
             b.wait_ready()
@@ -340,7 +327,7 @@ def test_v3_backup_learns_the_masters_interval(tmp_path: Path, kind_a: str, kind
     with segment(["a", "b"]) as seg2:
         a = _peer(kind_a, seg2, "a", PeerSpec(priority=150, version=3, advert_int=0.5), tmp_path)
         b = _peer(kind_b, seg2, "b", PeerSpec(priority=100, version=3, advert_int=1.0), tmp_path)
-        with _closed_after(a, b):
+        with closed_after(a, b):
             a.start()
             a.wait_ready()
             assert wait_until(lambda: a.holds(VIP), limit=STARTUP) is not None

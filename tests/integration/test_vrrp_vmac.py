@@ -18,7 +18,6 @@ of the same name that is not a macvlan left alone.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import subprocess
 import sys
@@ -33,11 +32,12 @@ from tests.integration.netns import (
     KeepalivedPeer,
     PeerSpec,
     Segment,
-    VrrpPeer,
     addresses,
+    closed_after,
     ip,
     ns_exec,
     ping,
+    run_script,
     segment,
     wait_until,
 )
@@ -144,19 +144,6 @@ def _arp_answers(netns: str, vip: str, source: str) -> set[str]:
     return set(proc.stdout.split())
 
 
-@contextlib.contextmanager
-def _closed_after(*peers: VrrpPeer) -> Iterator[None]:
-    try:
-        yield
-    except BaseException:
-        for peer in peers:
-            print(f"==== {peer.kind} {peer.node.name} log ====\n{peer.log()[-6000:]}")
-        raise
-    finally:
-        for peer in peers:
-            peer.close()
-
-
 @pytest.fixture
 def seg() -> Iterator[Segment]:
     with segment(["a", "b", "client"]) as s:
@@ -195,7 +182,7 @@ def test_vmac_master_uses_the_virtual_mac(
     a = kinds[kind_a](seg["a"], PeerSpec(priority=150), str(tmp_path / "a"))
     b = kinds[kind_b](seg["b"], PeerSpec(priority=100), str(tmp_path / "b"))
     na, nb, client = seg["a"].netns, seg["b"].netns, seg["client"].netns
-    with _closed_after(a, b):
+    with closed_after(a, b):
         b.start()
         a.start()
         b.wait_ready()
@@ -288,14 +275,6 @@ async def main():
     print("ok")
 asyncio.run(main())
 """
-    repo = str(Path(__file__).resolve().parents[2])
-    out = subprocess.run(
-        ["ip", "netns", "exec", seg["a"].netns, sys.executable, "-c", script],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=repo,
-        env={"PYTHONPATH": repo, "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"},
-    )
+    out = run_script(seg["a"].netns, script)
     assert out.stdout.strip() == "ok", out.stderr
     assert "vrrp.51" not in ip("-n", seg["a"].netns, "link").stdout

@@ -68,6 +68,26 @@ class DirectorSpec:
     sync_auth_key: str | None = None  # hactl's HMAC trailer on sync datagrams
 
 
+def _vrrp_instance(bed: Testbed, spec: DirectorSpec, *, auth: bool) -> str:
+    """The `vrrp_instance VI_1` block both directors' configurations share; `auth` adds
+    `spec.auth_pass` (when set) as VRRPv2 `auth_type PASS`."""
+    return (
+        "vrrp_instance VI_1 {\n"
+        "    state BACKUP\n"
+        "    interface eth0\n"
+        "    virtual_router_id 51\n"
+        f"    priority {spec.priority}\n"
+        f"    advert_int {spec.advert_int:g}\n"
+        + ("    nopreempt\n" if spec.nopreempt else "")
+        + (f"    authentication {{\n        auth_type PASS\n        auth_pass {spec.auth_pass}\n"
+           "    }\n" if auth and spec.auth_pass else "")
+        + "    virtual_ipaddress {\n"
+        f"        {bed.vip}/24\n"
+        "    }\n"
+        "}\n"
+    )
+
+
 def hactl_config(bed: Testbed, host: Host, spec: DirectorSpec) -> str:
     sync_dev = "eth1" if host.sync_address is not None else "eth0"
     checks = []
@@ -95,20 +115,8 @@ def hactl_config(bed: Testbed, host: Host, spec: DirectorSpec) -> str:
         f"    lvs_sync_daemon {sync_dev} VI_1 id {spec.sync_id}\n"
         + (f"    sync_auth_key {spec.sync_auth_key}\n" if spec.sync_auth_key else "")
         + "}\n"
-        "vrrp_instance VI_1 {\n"
-        "    state BACKUP\n"
-        "    interface eth0\n"
-        "    virtual_router_id 51\n"
-        f"    priority {spec.priority}\n"
-        f"    advert_int {spec.advert_int:g}\n"
-        + ("    nopreempt\n" if spec.nopreempt else "")
-        + (f"    authentication {{\n        auth_type PASS\n        auth_pass {spec.auth_pass}\n"
-           "    }\n" if spec.auth_pass else "")
-        + "    virtual_ipaddress {\n"
-        f"        {bed.vip}/24\n"
-        "    }\n"
-        "}\n"
-        f"virtual_server {bed.vip} 80 {{\n"
+        + _vrrp_instance(bed, spec, auth=True)
+        + f"virtual_server {bed.vip} 80 {{\n"
         f"    delay_loop {spec.delay_loop:g}\n"
         f"    lb_algo {spec.scheduler}\n"
         "    lb_kind NAT\n"
@@ -326,17 +334,7 @@ def keepalived_config(bed: Testbed, host: Host, spec: DirectorSpec) -> str:
         "global_defs {\n"
         f"    router_id {host.name}\n"
         "}\n"
-        "vrrp_instance VI_1 {\n"
-        "    state BACKUP\n"
-        "    interface eth0\n"
-        "    virtual_router_id 51\n"
-        f"    priority {spec.priority}\n"
-        f"    advert_int {spec.advert_int:g}\n"
-        + ("    nopreempt\n" if spec.nopreempt else "")
-        + "    virtual_ipaddress {\n"
-        f"        {bed.vip}/24\n"
-        "    }\n"
-        "}\n"
+        + _vrrp_instance(bed, spec, auth=False)
     )
 
 

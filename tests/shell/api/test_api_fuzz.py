@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import json
 import string
-from collections.abc import Callable, Coroutine, Iterator
+from collections.abc import Coroutine, Iterator
 from typing import Any
 from urllib.parse import quote
 
@@ -61,12 +61,7 @@ FAST = settings(
     database=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
-LONG = settings(
-    max_examples=2000,
-    deadline=None,
-    database=None,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
-)
+LONG = settings(FAST, max_examples=2000)
 
 
 # ---- strategies ------------------------------------------------------------------------
@@ -335,31 +330,46 @@ def _query_property(fuzzer: Fuzzer, query: dict[str, str]) -> None:
 # ---- default (bounded) run -------------------------------------------------------------
 
 
-def test_fuzz_bodies(fuzzer: Fuzzer) -> None:
-    @FAST
+def _fuzz_bodies(fuzzer: Fuzzer, run: settings, name: str) -> None:
+    @run
     @given(_route_and_body())
     def prop(case: tuple[int, bytes]) -> None:
         _body_property(fuzzer, *case)
 
     prop()
-    fuzzer.record("api_fuzz_bodies")
+    fuzzer.record(name)
 
 
-def test_fuzz_path_keys_and_queries(fuzzer: Fuzzer) -> None:
-    @settings(FAST, max_examples=80)
+def _fuzz_paths_and_queries(
+    fuzzer: Fuzzer, *, paths_run: settings, queries_run: settings, name: str
+) -> None:
+    @paths_run
     @given(_PATHS)
     def paths(case: tuple[tuple[str, str], str, str]) -> None:
         (method, suffix), vs, rs = case
         _path_property(fuzzer, method, suffix, vs, rs)
 
-    @settings(FAST, max_examples=60)
+    @queries_run
     @given(_QUERIES)
     def queries(query: dict[str, str]) -> None:
         _query_property(fuzzer, query)
 
     paths()
     queries()
-    fuzzer.record("api_fuzz_paths_queries")
+    fuzzer.record(name)
+
+
+def test_fuzz_bodies(fuzzer: Fuzzer) -> None:
+    _fuzz_bodies(fuzzer, FAST, "api_fuzz_bodies")
+
+
+def test_fuzz_path_keys_and_queries(fuzzer: Fuzzer) -> None:
+    _fuzz_paths_and_queries(
+        fuzzer,
+        paths_run=settings(FAST, max_examples=80),
+        queries_run=settings(FAST, max_examples=60),
+        name="api_fuzz_paths_queries",
+    )
 
 
 def test_known_hostile_bodies(fuzzer: Fuzzer) -> None:
@@ -425,34 +435,13 @@ def test_known_hostile_bodies(fuzzer: Fuzzer) -> None:
 # ---- soak (long) run -------------------------------------------------------------------
 
 
-def _long(prop: Callable[..., None]) -> Callable[..., None]:
-    return settings(LONG)(prop)
-
-
 @pytest.mark.soak
 def test_fuzz_bodies_long(fuzzer: Fuzzer) -> None:
-    @_long
-    @given(_route_and_body())
-    def prop(case: tuple[int, bytes]) -> None:
-        _body_property(fuzzer, *case)
-
-    prop()
-    fuzzer.record("api_fuzz_bodies_long")
+    _fuzz_bodies(fuzzer, LONG, "api_fuzz_bodies_long")
 
 
 @pytest.mark.soak
 def test_fuzz_path_keys_and_queries_long(fuzzer: Fuzzer) -> None:
-    @_long
-    @given(_PATHS)
-    def paths(case: tuple[tuple[str, str], str, str]) -> None:
-        (method, suffix), vs, rs = case
-        _path_property(fuzzer, method, suffix, vs, rs)
-
-    @_long
-    @given(_QUERIES)
-    def queries(query: dict[str, str]) -> None:
-        _query_property(fuzzer, query)
-
-    paths()
-    queries()
-    fuzzer.record("api_fuzz_paths_queries_long")
+    _fuzz_paths_and_queries(
+        fuzzer, paths_run=LONG, queries_run=LONG, name="api_fuzz_paths_queries_long"
+    )

@@ -36,7 +36,7 @@ from hactl.vrrp.model import (
 from hactl.vrrp.notify import Notifier
 from hactl.vrrp.packet import Advertisement, encode
 from hactl.vrrp.service import VrrpService
-from hactl.vrrp.socket import Channel, Inbound, OnReceive
+from hactl.vrrp.socket import Channel, ChannelFactory, Inbound, OnReceive
 from hactl.vrrp.transport import UdpChannelFactory
 
 VIP = IPv4Interface("10.200.0.100/24")
@@ -169,6 +169,32 @@ async def running(
         await asyncio.gather(*(n.task for n in nodes if n.task is not None))
 
 
+def lone_service(
+    config: VrrpConfig, addresses: InMemoryAddressPort, channels: ChannelFactory
+) -> VrrpService:
+    """One service with recorded announcements on the loop's clock."""
+    return VrrpService(
+        config,
+        addresses=addresses,
+        neighbours=RecordingNeighbourPort(),
+        channels=channels,
+        clock=LoopClock(),
+    )
+
+
+@contextlib.asynccontextmanager
+async def serving(service: VrrpService) -> AsyncIterator[None]:
+    """Run `service` from its start (`started`) to the end of the block, then stop it."""
+    stop = asyncio.Event()
+    task = asyncio.create_task(service.run(shutdown_trigger=stop.wait))
+    try:
+        await service.started.wait()
+        yield
+    finally:
+        stop.set()
+        await task
+
+
 async def wait_for(predicate: Callable[[], bool], *, limit: float) -> float:
     """Seconds until `predicate()` holds (polling every 5 ms); fails after `limit`."""
     loop = asyncio.get_running_loop()
@@ -248,21 +274,10 @@ async def test_leftover_vips_are_removed_at_start(net: tuple[list[IPv4Address], 
     (a_ip, b_ip, _), port = net
     config = VrrpConfig(instances=(instance(a_ip, [b_ip], 100),))
     addresses = InMemoryAddressPort({"lo": [IPv4Interface("127.0.0.1/8"), VIP]})
-    service = VrrpService(
-        config,
-        addresses=addresses,
-        neighbours=RecordingNeighbourPort(),
-        channels=UdpChannelFactory(port=port),
-        clock=LoopClock(),
-    )
-    stop = asyncio.Event()
-    async with asyncio.timeout(5):
-        task = asyncio.create_task(service.run(shutdown_trigger=stop.wait))
-        await service.started.wait()
+    service = lone_service(config, addresses, UdpChannelFactory(port=port))
+    async with asyncio.timeout(5), serving(service):
         assert VIP not in addresses.links["lo"]
         assert service.routers["VI_1"].state is VrrpState.BACKUP
-        stop.set()
-        await task
 
 
 class FlakyLinkPort(InMemoryAddressPort):
@@ -283,17 +298,10 @@ async def test_undecodable_link_reply_keeps_the_tracked_state(
     (a_ip, b_ip, _), port = net
     watched = instance(a_ip, [b_ip], 100, track_interfaces=(TrackInterface(name="eth1"),))
     addresses = FlakyLinkPort({"lo": [IPv4Interface("127.0.0.1/8")], "eth1": []})
-    service = VrrpService(
-        VrrpConfig(instances=(watched,)),
-        addresses=addresses,
-        neighbours=RecordingNeighbourPort(),
-        channels=UdpChannelFactory(port=port),
-        clock=LoopClock(),
+    service = lone_service(
+        VrrpConfig(instances=(watched,)), addresses, UdpChannelFactory(port=port)
     )
-    stop = asyncio.Event()
-    async with asyncio.timeout(5):
-        task = asyncio.create_task(service.run(shutdown_trigger=stop.wait))
-        await service.started.wait()
+    async with asyncio.timeout(5), serving(service):
         router = service.routers["VI_1"]
         assert router.state is VrrpState.BACKUP
         addresses.undecodable = True
@@ -303,8 +311,6 @@ async def test_undecodable_link_reply_keeps_the_tracked_state(
         addresses.up["eth1"] = False
         await service._poll_links_once(now=0.0)
         assert router.state is VrrpState.FAULT  # a real link-down still counts
-        stop.set()
-        await task
 
 
 @pytest.mark.asyncio
@@ -451,13 +457,7 @@ async def test_setup_failure_raises_and_leaves_nothing(net: tuple[list[IPv4Addre
         )
     )
     addresses = InMemoryAddressPort({"lo": []})  # no IPv4 address to send from
-    service = VrrpService(
-        config,
-        addresses=addresses,
-        neighbours=RecordingNeighbourPort(),
-        channels=UdpChannelFactory(port=net[1]),
-        clock=LoopClock(),
-    )
+    service = lone_service(config, addresses, UdpChannelFactory(port=net[1]))
     async with asyncio.timeout(5):
         with pytest.raises(KernelError):
             await service.run(shutdown_trigger=asyncio.Event().wait)
@@ -576,17 +576,8 @@ async def test_reload_reopens_a_channel_whose_needs_changed(
     addresses = InMemoryAddressPort(
         {"lo": [IPv4Interface("127.0.0.1/8")], "eth1": [IPv4Interface("192.0.2.1/24")]}
     )
-    service = VrrpService(
-        unicast,
-        addresses=addresses,
-        neighbours=RecordingNeighbourPort(),
-        channels=factory,
-        clock=LoopClock(),
-    )
-    stop = asyncio.Event()
-    async with asyncio.timeout(10):
-        task = asyncio.create_task(service.run(shutdown_trigger=stop.wait))
-        await service.started.wait()
+    service = lone_service(unicast, addresses, factory)
+    async with asyncio.timeout(10), serving(service):
         assert factory.opened == [("lo", False, False)]
         loop = asyncio.get_running_loop()
         router = service.routers["VI_1"]
@@ -630,5 +621,3 @@ async def test_reload_reopens_a_channel_whose_needs_changed(
         with pytest.raises(KernelError):
             await service.apply(broken, now=loop.time())
         assert service.config == moved and service.routers == {"VI_1": kept}
-        stop.set()
-        await task

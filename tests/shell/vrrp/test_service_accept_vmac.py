@@ -26,11 +26,11 @@ from hactl.vrrp.firewall import InMemoryFirewall, NftablesFirewall
 from hactl.vrrp.model import InitialState, VrrpConfig, VrrpInstance
 from hactl.vrrp.service import VrrpService
 from hactl.vrrp.vmac import InMemoryVmacPort
+from tests.shell.vrrp import vrrp_support
+from tests.shell.vrrp.vrrp_support import VIP, one_instance
 
-VIP = IPv4Interface("10.200.0.100/24")
 VIP6 = IPv6Interface("fd00::100/64")
 VIP_IP = VIP.ip
-STEP = 0.001
 
 pytestmark = pytest.mark.asyncio
 
@@ -80,26 +80,7 @@ class _OrderedFirewall(InMemoryFirewall):
         await super().unblock(addresses)
 
 
-@dataclass
-class Lab:
-    clock: ManualClock
-    segment: InMemorySegment
-    nodes: dict[str, Node]
-
-    async def step(self) -> None:
-        self.clock.advance(STEP)
-        for _ in range(4):
-            await asyncio.sleep(0)
-
-    async def run_until(self, predicate: object, *, limit: float) -> float:
-        assert callable(predicate)
-        end = self.clock.now() + limit
-        while not predicate():
-            if self.clock.now() > end:
-                raise AssertionError(f"not reached by t={self.clock.now():.3f}")
-            await self.step()
-        return self.clock.now()
-
+class Lab(vrrp_support.Lab[Node]):
     def start(self, name: str, config: VrrpConfig) -> Node:
         address = IPv4Address(f"10.200.0.{len(self.nodes) + 1}")
         order: list[str] = []
@@ -130,17 +111,7 @@ class Lab:
 
 
 def config(priority: int, **kw: object) -> VrrpConfig:
-    fields: dict[str, object] = {
-        "name": "VI_1",
-        "interface": "eth0",
-        "vrid": 51,
-        "priority": priority,
-        "vips": (VIP,),
-        "version": 3,
-        "advert_interval": 0.1,
-    }
-    fields.update(kw)
-    return VrrpConfig(instances=(VrrpInstance(**fields),))  # type: ignore[arg-type]
+    return one_instance(priority, **{"version": 3, "advert_interval": 0.1, **kw})
 
 
 @pytest_asyncio.fixture
@@ -149,14 +120,7 @@ async def lab() -> AsyncIterator[Lab]:
     try:
         yield lab
     finally:
-        for node in lab.nodes.values():
-            node.stop.set()
-        async with asyncio.timeout(5):
-            for node in lab.nodes.values():
-                while node.task is not None and not node.task.done():
-                    await lab.step()
-                if node.task is not None:
-                    await node.task
+        await lab.close()
 
 
 async def test_no_accept_blocks_while_master_in_keepalived_order(lab: Lab) -> None:

@@ -21,9 +21,9 @@ from hactl.testing.fakes import InMemoryAddressPort, InMemorySegment, RecordingN
 from hactl.vrrp.events import VrrpState
 from hactl.vrrp.model import SyncGroup, TrackFile, VrrpConfig, VrrpInstance
 from hactl.vrrp.service import VrrpService
-
-VIP = IPv4Interface("10.200.0.100/24")
-STEP = 0.001
+from tests.shell.vrrp import vrrp_support
+from tests.shell.vrrp.vrrp_support import STEP, VIP
+from tests.shell.vrrp.vrrp_support import one_instance as config
 
 
 @dataclass
@@ -38,27 +38,7 @@ class Node:
         return VIP in self.ports.links["eth0"]
 
 
-@dataclass
-class Lab:
-    clock: ManualClock
-    segment: InMemorySegment
-    nodes: dict[str, Node]
-
-    async def step(self) -> None:
-        self.clock.advance(STEP)
-        for _ in range(4):
-            await asyncio.sleep(0)
-
-    async def run_until(self, predicate: object, *, limit: float) -> float:
-        """Advance 1 ms at a time until `predicate()`; returns the clock's time then."""
-        assert callable(predicate)
-        end = self.clock.now() + limit
-        while not predicate():
-            if self.clock.now() > end:
-                raise AssertionError(f"not reached by t={self.clock.now():.3f}")
-            await self.step()
-        return self.clock.now()
-
+class Lab(vrrp_support.Lab[Node]):
     def start(self, name: str, config: VrrpConfig) -> Node:
         address = IPv4Address(f"10.200.0.{len(self.nodes) + 1}")
         ports = InMemoryAddressPort({"eth0": [IPv4Interface(f"{address}/24")]})
@@ -75,32 +55,13 @@ class Lab:
         return node
 
 
-def config(priority: int, **kw: object) -> VrrpConfig:
-    fields: dict[str, object] = {
-        "name": "VI_1",
-        "interface": "eth0",
-        "vrid": 51,
-        "priority": priority,
-        "vips": (VIP,),
-    }
-    fields.update(kw)
-    return VrrpConfig(instances=(VrrpInstance(**fields),))  # type: ignore[arg-type]
-
-
 @pytest_asyncio.fixture
 async def lab() -> AsyncIterator[Lab]:
     lab = Lab(ManualClock(), InMemorySegment(), {})
     try:
         yield lab
     finally:
-        for node in lab.nodes.values():
-            node.stop.set()
-        async with asyncio.timeout(5):
-            for node in lab.nodes.values():
-                while node.task is not None and not node.task.done():
-                    await lab.step()
-                if node.task is not None:
-                    await node.task
+        await lab.close()
 
 
 @pytest.mark.asyncio

@@ -21,15 +21,13 @@ from hactl.net.ports import IPInterface, LinkCache
 from hactl.testing.clock import ManualClock
 from hactl.testing.fakes import InMemoryAddressPort, InMemorySegment, RecordingNeighbourPort
 from hactl.vrrp.events import VrrpState
-from hactl.vrrp.model import Family, IPAddress, VrrpConfig, VrrpInstance
+from hactl.vrrp.model import Family, IPAddress, VrrpConfig
 from hactl.vrrp.service import VrrpService
 from hactl.vrrp.socket import Channel, OnReceive
 from hactl.vrrp.vmac import InMemoryVmacPort
+from tests.shell.vrrp.vrrp_support import STEP, VIP, one_instance, run_until
 
 pytestmark = pytest.mark.asyncio
-
-VIP = IPv4Interface("10.200.0.100/24")
-STEP = 0.001
 
 
 class Kernel:
@@ -147,18 +145,7 @@ class IndexedSegment(InMemorySegment):
 
 
 def config(**kw: object) -> VrrpConfig:
-    fields: dict[str, object] = {
-        "name": "VI_1",
-        "interface": "eth0",
-        "vrid": 51,
-        "priority": 150,
-        "vips": (VIP,),
-        "version": 3,
-        "advert_interval": 0.1,
-        "use_vmac": True,
-    }
-    fields.update(kw)
-    return VrrpConfig(instances=(VrrpInstance(**fields),))  # type: ignore[arg-type]
+    return one_instance(150, **{"version": 3, "advert_interval": 0.1, "use_vmac": True, **kw})
 
 
 class Node:
@@ -184,14 +171,7 @@ class Node:
         return VIP in self.addresses.links.get("vrrp.51", [])
 
     async def run_until(self, predicate: object, *, limit: float) -> None:
-        assert callable(predicate)
-        end = self.clock.now() + limit
-        while not predicate():
-            if self.clock.now() > end:
-                raise AssertionError(f"not reached by t={self.clock.now():.3f}")
-            self.clock.advance(STEP)
-            for _ in range(4):
-                await asyncio.sleep(0)
+        await run_until(self.clock, predicate, limit=limit)
 
     def announced_on_current_link(self) -> bool:
         return self.announcer.bound.get("vrrp.51") == self.kernel.index.get("vrrp.51") and any(
