@@ -331,12 +331,6 @@ async def measure(kind: str, args: argparse.Namespace, server_pids: list[int]) -
     counting = False
     reasons: collections.Counter[str] = collections.Counter()
 
-    def tally(check: CheckKey, result: ProbeResult) -> None:
-        if counting:
-            counts[check] += 1  # CheckKey caches its hash: cheap on the measured process
-            if not result.ok:
-                reasons[result.detail.split(" after ")[0]] += 1
-
     async def task_probe(spec: CheckSpec, addr: IPAddress, port: int, *,
                          scripts: ScriptExecutor | None = None,
                          deadline: float | None = None) -> ProbeResult:
@@ -362,7 +356,11 @@ async def measure(kind: str, args: argparse.Namespace, server_pids: list[int]) -
 
         def record(check: CheckKey, result: ProbeResult, *, now: float,
                    _original: Callable[..., None] = original) -> None:
-            tally(check, result)
+            # (tally inlined: this runs in the measured process for every result)
+            if counting:
+                counts[check] += 1
+                if not result.ok:
+                    reasons[result.detail.split(" after ")[0]] += 1
             _original(check, result, now=now)
 
         core.record_result = record  # type: ignore[method-assign]

@@ -4,10 +4,18 @@
 dominate large pools. A `FastProbe` is a small state machine driven by callbacks from a
 `Poller`:
 
-    start -> connect_ex --EINPROGRESS--> watch (EPOLLOUT) --ready--> (EPOLLERR: SO_ERROR, fail)
-                                                                   |-- TCP_CHECK: done
-                                                                   '-- HTTP_GET: send request,
-          --EPOLLIN--> recv until EAGAIN, parse (bounded buffer), judge --> next url or done
+    TCP_CHECK: start -> connect_ex --EINPROGRESS--> watch --EPOLLOUT--> done
+                                                              '-EPOLLERR--> SO_ERROR, fail
+    HTTP_GET:  start -> connect_ex, send the request at once --sent--> watch --EPOLLIN--> read
+                                      |-- EAGAIN (connect under way) --> EPOLLOUT --> send
+                                      '-- error (refused ...) --> fail
+               read: recv until EAGAIN, parse (bounded buffer), judge --> next url or done
+
+The request does not wait for an EPOLLOUT report (HAProxy sends the same way): on loopback
+and most LANs the handshake is over when connect() returns, so the connected edge and the
+answer usually come in one report, one callback per probe instead of two. An HTTP_GET
+socket also holds the handshake's final ACK back for the request (`_connect`): one packet
+less, and the server is woken once, with its request already there.
 
 Every connection ends with a reset, never a FIN (as `probes._abort` explains): a socket
 whose exchange went to its end (connected, and for HTTP_GET an answer parsed and judged) is
@@ -33,15 +41,15 @@ Poller owns one epoll set that the loop watches as a single readable fd:
   registration, so no epoll_ctl is needed between sending and reading (edge-triggered means
   each report must be read until EAGAIN, which `_on_readable` does). EPOLLERR spares the
   SO_ERROR query on success, and one `poll` delivers a batch of ready probes.
-* Sockets are reused. A socket whose exchange went to its end is dissolved (a reset) and
-  kept idle, still in the epoll set, up to `IDLE_SOCKETS` per address family; the next
-  probe of a check without socket options (bindto, bind_port, bind_if, fwmark) connects it
-  again. Per probe that saves socket(), close(), SO_LINGER and the epoll_ctl, and the
-  kernel's allocation and release of a socket and its file: the costliest steps after the
-  TCP exchange itself (docs/checks.md, Scale). The kernel polls a socket afresh for every
-  epoll report, so an event is always about the socket's current connection; the dissolved
-  connection's own error and hang-up are reported while the socket is idle, to nobody.
-  Sockets that failed in any way are closed, not kept.
+* Sockets are reused. A socket whose exchange went to its end is dissolved (a reset) and kept
+  idle, still in the epoll set, up to `IDLE_SOCKETS` per address family and checker kind; the next
+  probe of that kind of a check without socket options (bindto, bind_port, bind_if, fwmark)
+  connects it again. Per probe that saves socket(), close(), SO_LINGER and the epoll_ctl, and the
+  kernel's allocation and release of a socket and its file: the costliest steps after the TCP
+  exchange itself (docs/checks.md, Scale). The kernel polls a socket afresh for every epoll
+  report, so an event is always about the socket's current connection; the dissolved connection's
+  own error and hang-up are reported while the socket is idle, to nobody. Sockets that failed in
+  any way are closed, not kept.
 * Deadlines sit in a timer wheel behind one loop timer: slots of `DEADLINE_GRAIN` seconds,
   a list of probes per slot, a small heap of slot numbers. Adding a deadline is an append
   (no tuple, nothing for the garbage collector to promote); entries of probes that finished
@@ -69,6 +77,7 @@ import math
 import os
 import select
 import socket
+import time
 from collections.abc import Callable
 
 from hactl.checks.events import ProbeResult
@@ -85,6 +94,10 @@ _IN_PROGRESS = frozenset({errno.EINPROGRESS, errno.EAGAIN, errno.EWOULDBLOCK, er
 _STREAM = socket.SOCK_STREAM | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC
 _SOL_SOCKET = socket.SOL_SOCKET
 _SO_LINGER = socket.SO_LINGER
+_IPPROTO_TCP = socket.IPPROTO_TCP
+# On a connecting socket, Linux takes TCP_DEFER_ACCEPT as "delay the handshake's final ACK"
+# (tcp_rcv_synsent_state_process): it then rides on the request (see _connect).
+_TCP_DEFER_ACCEPT = getattr(socket, "TCP_DEFER_ACCEPT", 9)
 
 _OUT = select.EPOLLOUT
 _IN = select.EPOLLIN
@@ -96,7 +109,8 @@ _EVENTS = select.EPOLLOUT | select.EPOLLIN | select.EPOLLET
 # (tcp_disconnect: a reset, as SO_LINGER 0 on close) and leaves the socket ready to connect
 # again; 16 zero bytes are such an address for both families
 _UNSPEC = bytes(16)
-# idle sockets a poller keeps per address family; a burst that needed more closes the rest
+# idle sockets a poller keeps per address family and kind (TCP_CHECK, HTTP_GET); a burst that
+# needed more closes the rest
 IDLE_SOCKETS = 256
 # what a probe waits for
 _CONNECTING, _SENDING, _READING = 0, 1, 2
@@ -123,7 +137,8 @@ class ProbePlan:
         addr, port: the real server.
     """
 
-    __slots__ = ("family", "head", "limit", "plain", "requests", "sockaddr", "spec", "timeout")
+    __slots__ = ("family", "head", "limit", "plain", "pool", "requests", "sockaddr", "spec",
+                 "timeout")
 
     def __init__(self, spec: CheckSpec, addr: IPAddress, port: int) -> None:
         opts = spec.connect
@@ -146,6 +161,13 @@ class ProbePlan:
             self.requests = tuple(_request(addr, port, spec, url) for url in spec.urls)
             self.head = spec.method == "HEAD"
             self.limit = spec.max_body + 65536  # as run_probe: headers may add up to 64 KiB
+        # the poller's idle sockets are kept apart by family and by kind: an HTTP_GET socket
+        # carries TCP_DEFER_ACCEPT, which a TCP_CHECK must not inherit
+        self.pool = _pool(self.family, bool(self.requests))
+
+
+def _pool(family: int, http: bool) -> int:
+    return family * 2 + http
 
 
 def _disconnector() -> Callable[[int, bytes, int], int] | None:
@@ -179,11 +201,18 @@ class Poller:
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
-        # Idle sockets (connection dissolved, still in the epoll set), per address family.
-        self._idle: dict[int, list[socket.SocketType]] = {socket.AF_INET: [],
-                                                           socket.AF_INET6: []}
+        # Idle sockets (connection dissolved, still in the epoll set), per pool (address
+        # family and kind, `ProbePlan.pool`).
+        self._idle: dict[int, list[socket.SocketType]] = {
+            _pool(family, http): [] for family in (socket.AF_INET, socket.AF_INET6)
+            for http in (False, True)
+        }
         self._disconnect = _disconnector()
-        self.time = loop.time
+        # The loop's clock, read several times per probe: asyncio's is time.monotonic behind
+        # a Python method, so take the C function directly (uvloop's own is kept).
+        self.time: Callable[[], float] = (
+            time.monotonic if type(loop).time is asyncio.BaseEventLoop.time else loop.time
+        )
         self._ep = select.epoll()
         self._poll = self._ep.poll
         self._fd = self._ep.fileno()
@@ -223,10 +252,10 @@ class Poller:
         self._ep.register(fd, _EVENTS)
         self._probes[fd] = probe
 
-    def idle_socket(self, family: int) -> socket.SocketType | None:
-        """A socket of `family` whose connection was dissolved, still in the epoll set (hand
-        it to `adopt` once connecting), or None."""
-        idle = self._idle[family]
+    def idle_socket(self, pool: int) -> socket.SocketType | None:
+        """A socket of `pool` (`ProbePlan.pool`) whose connection was dissolved, still in the
+        epoll set (hand it to `adopt` once connecting), or None."""
+        idle = self._idle[pool]
         return idle.pop() if idle else None
 
     def adopt(self, probe: FastProbe, fd: int) -> None:
@@ -240,12 +269,13 @@ class Poller:
         """`fd` is about to be closed (which takes it out of the epoll set) or kept idle."""
         self._probes.pop(fd, None)
 
-    def keep(self, sock: socket.SocketType, fd: int, family: int) -> bool:
-        """Dissolve the connection of `sock` (a reset) and keep the socket for another probe.
+    def keep(self, sock: socket.SocketType, fd: int, pool: int) -> bool:
+        """Dissolve the connection of `sock` (a reset) and keep the socket for another probe
+        of `pool`.
 
         Returns False when it is not kept (no room, or the kernel refused): the caller closes
         it as before."""
-        idle = self._idle[family]
+        idle = self._idle[pool]
         disconnect = self._disconnect
         if disconnect is None or len(idle) >= IDLE_SOCKETS or disconnect(fd, _UNSPEC, 16):
             return False
@@ -253,8 +283,8 @@ class Poller:
         return True
 
     def idle_count(self, family: int = socket.AF_INET) -> int:
-        """How many idle sockets of `family` wait for a probe."""
-        return len(self._idle[family])
+        """How many idle sockets of `family` (of either kind) wait for a probe."""
+        return len(self._idle[_pool(family, False)]) + len(self._idle[_pool(family, True)])
 
     def add_deadline(self, probe: FastProbe) -> None:
         slot = probe.wheel_slot = math.ceil(probe.deadline / DEADLINE_GRAIN)
@@ -366,21 +396,25 @@ class FastProbe:
         self._buf = b""
         self._pending = b""
 
-    def start(self, deadline: float | None = None) -> None:
+    def start(self, deadline: float | None = None, *, full_timeout: bool = False) -> None:
         """Open the first connection and arm the deadline (loop time; default: the one
-        given at construction).
+        given at construction). With `full_timeout` the deadline is at least the plan's
+        timeout after the real start (a caller that starts a batch of probes late must not
+        turn that lateness into failures).
 
         Raises:
             StateError: the previous run has not finished.
         """
         if not self.finished:
             raise StateError("fast probe started while running")
+        poller = self._poller
+        started = self.started = poller.time()
         if deadline is not None:
             self.deadline = deadline
+        if full_timeout and self.deadline < started + self.plan.timeout:
+            self.deadline = started + self.plan.timeout
         self.finished = False
         self._url = 0
-        poller = self._poller
-        self.started = poller.time()
         poller.add_deadline(self)
         self._connect()
 
@@ -414,7 +448,8 @@ class FastProbe:
         poller = self._poller
         # a socket left idle by an earlier probe when there is one (no socket option to
         # carry over: only plain plans use them)
-        sock = poller.idle_socket(plan.family) if plan.plain else None
+        requests = plan.requests
+        sock = poller.idle_socket(plan.pool) if plan.plain else None
         reused = sock is not None
         if sock is None:
             try:
@@ -426,6 +461,15 @@ class FastProbe:
             except OSError as exc:
                 self._finish(False, _describe(exc))
                 return
+            if requests:
+                # The handshake's final ACK waits for the request and goes with it, as with
+                # HAProxy's tcp-smart-connect: one packet less for each side to handle, and
+                # the server is woken once, with its request there. Set once: it survives
+                # the dissolution of a kept socket's connection (pools keep kinds apart).
+                try:  # noqa: SIM105
+                    sock.setsockopt(_IPPROTO_TCP, _TCP_DEFER_ACCEPT, 1)
+                except OSError:
+                    pass  # only a packet more
         self._sock = sock
         fd = self._fd = sock.fileno()
         self._phase = _CONNECTING
@@ -435,20 +479,29 @@ class FastProbe:
         except OSError as exc:  # connect_ex returns most errors; not all (e.g. EAFNOSUPPORT)
             self._finish(False, _describe(exc))
             return
-        if err in _IN_PROGRESS or (err == 0 and plan.requests):
+        if err in _IN_PROGRESS or (err == 0 and requests):
             if reused:
                 poller.adopt(self, fd)
             else:
                 poller.watch(self, fd)
                 self._watched = True
-            if err == 0:
-                self._connected(0)
+            if requests:
+                # Optimistic send (as HAProxy): on loopback and most LANs the handshake is
+                # over before connect() returns, so the request goes now rather than after
+                # an EPOLLOUT report and a callback. A connect still under way refuses it
+                # (EAGAIN) and the request waits for EPOLLOUT; one that failed (refused,
+                # unreachable) raises its error here, as sock_sendall would after
+                # sock_connect on the coroutine path.
+                self._pending = requests[self._url]
+                self._buf = b""
+                self._send(0)
         elif err == 0:
-            self._connected(0)  # TCP_CHECK, connected at once
+            self._finish(True, "ok", keep=True)  # TCP_CHECK, connected at once
         else:
             self._finish(False, os.strerror(err))
 
     def _on_connect(self, events: int) -> None:
+        """TCP_CHECK's connect is over (HTTP_GET sends at once and waits in `_send`)."""
         if events & _TROUBLE:
             # the connect failed (or the peer reset at once): the reason is in SO_ERROR
             sock = self._sock
@@ -457,16 +510,7 @@ class FastProbe:
             self._finish(False, os.strerror(err or errno.ECONNRESET))
             return
         if events & _OUT:
-            self._connected(events)
-
-    def _connected(self, events: int) -> None:
-        requests = self.plan.requests
-        if not requests:
-            self._finish(True, "ok", keep=True)  # TCP_CHECK: the handshake is the check
-            return
-        self._pending = requests[self._url]
-        self._buf = b""
-        self._send(events)
+            self._finish(True, "ok", keep=True)  # the handshake is the check
 
     def _send(self, events: int) -> None:
         sock = self._sock
@@ -478,9 +522,12 @@ class FastProbe:
         except OSError as exc:
             self._finish(False, _describe(exc))
             return
-        self._pending = self._pending[sent:]
+        if sent:
+            self._pending = self._pending[sent:]
         if self._pending:
-            self._phase = _SENDING  # the rest at the next EPOLLOUT edge
+            # the rest (or all of it, while the connect is under way) at the next EPOLLOUT
+            # edge; a failed connect reports EPOLLERR, and send raises its error then
+            self._phase = _SENDING
             return
         self._phase = _READING
         if events & _IN:
@@ -542,7 +589,7 @@ class FastProbe:
         poller = self._poller
         fd = self._fd
         poller.forget(fd)
-        if keep and self._watched and self.plan.plain and poller.keep(sock, fd, self.plan.family):
+        if keep and self._watched and self.plan.plain and poller.keep(sock, fd, self.plan.pool):
             return
         # probes._abort inlined (a reset, not a FIN; see there), without its context manager:
         # this runs for every probe

@@ -149,7 +149,7 @@ class _SlotProbe(FastProbe):
     holds the probe: a probe and its callback would form a reference cycle, which only the
     garbage collector frees (and never, once frozen with gc.freeze)."""
 
-    __slots__ = ("_to_runner", "check", "clock", "slot")
+    __slots__ = ("_to_runner", "check", "slot")
 
     def __init__(self, plan: ProbePlan, slot: _Slot, check: CheckKey,
                  to_runner: Callable[[_SlotProbe, ProbeResult], None], poller: Poller) -> None:
@@ -157,7 +157,6 @@ class _SlotProbe(FastProbe):
         self._to_runner = to_runner
         self.slot = slot
         self.check = check
-        self.clock = poller.time
 
     def report(self, result: ProbeResult) -> None:
         self._to_runner(self, result)
@@ -482,7 +481,7 @@ class CheckRunner:
         # probe.)
         # The full timeout from the real start, as in _probe_task: a batch of starts takes
         # a while, so that is not the `now` the core saw.
-        probe.start(max(event.deadline, probe.clock() + probe.plan.timeout))
+        probe.start(event.deadline, full_timeout=True)
         self.stats.record_start(probe.started - event.scheduled_at)
 
     def _probe_done(self, probe: _SlotProbe, result: ProbeResult) -> None:

@@ -147,7 +147,7 @@ class HealthTracker:
     """
 
     __slots__ = ("_alive", "_checkers", "_enabled", "_events", "_initial_reported", "_rng",
-                 "_weight", "key", "retired", "spec")
+                 "_weight", "due", "key", "retired", "spec")
 
     def __init__(
         self,
@@ -171,6 +171,10 @@ class HealthTracker:
         self._initial_reported = False
         # Set by the owner when a reload drops this server; its pending timers are void.
         self.retired = False
+        # `next_probe_at()`, kept current by every input (read for each probe by the owner's
+        # heap, several times: an attribute rather than a loop over the checkers each time)
+        self.due: float | None = None
+        self._update_due()
 
     # -- state -----------------------------------------------------------------------------
 
@@ -197,14 +201,9 @@ class HealthTracker:
     # -- time ------------------------------------------------------------------------------
 
     def next_probe_at(self) -> float | None:
-        """When the earliest idle checker is due; None if nothing is scheduled."""
-        if not self._enabled:
-            return None
-        best: float | None = None
-        for c in self._checkers.values():
-            if c.next_at is not None and not c.in_flight and (best is None or c.next_at < best):
-                best = c.next_at
-        return best
+        """When the earliest idle checker is due; None if nothing is scheduled (also the
+        attribute `due`)."""
+        return self.due
 
     def next_deadline(self) -> float | None:
         return self.next_probe_at()
@@ -221,6 +220,7 @@ class HealthTracker:
                 StartProbe(c.key, c.spec, scheduled_at=c.next_at, deadline=now + c.spec.timeout)
             )
             c.next_at = None
+        self._update_due()
 
     # -- inputs ----------------------------------------------------------------------------
 
@@ -277,6 +277,7 @@ class HealthTracker:
         # Retries follow the failed probe by delay_before_retry (keepalived); regular probes
         # keep the checker's cadence, skipping slots a slow probe overran.
         c.next_at = now + retry_delay if retry_delay is not None else c.next_slot(now)
+        self._update_due()
         if c.up != was_up or c.adjust != was_adjust:
             self._refresh(result.detail)
 
@@ -292,6 +293,7 @@ class HealthTracker:
                     c.next_at = at
                     if at is not None:
                         c.anchor = at
+        self._update_due()
 
     def apply(self, spec: RealServerSpec, *, now: float) -> None:
         """Take a new configuration of the same real server (reload).
@@ -321,6 +323,7 @@ class HealthTracker:
                 c.spec = check
                 c.retry_it = min(c.retry_it, check.retry)
             self._checkers[key] = c
+        self._update_due()
         self._refresh("configuration changed")
 
     @property
@@ -342,6 +345,16 @@ class HealthTracker:
         # man 5 keepalived.conf, warmup: "random delay to start the initial check for
         # maximum N seconds ... Specify 0 to disable".
         return now + warmup * self._rng.random() if warmup > 0 else now
+
+    def _update_due(self) -> None:
+        """Recompute `due`: the earliest idle checker's next probe, None while disabled."""
+        best: float | None = None
+        if self._enabled:
+            for c in self._checkers.values():
+                at = c.next_at
+                if at is not None and not c.in_flight and (best is None or at < best):
+                    best = at
+        self.due = best
 
     def _compute_alive(self) -> bool:
         return all(c.up for c in self._checkers.values())

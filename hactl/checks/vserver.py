@@ -123,7 +123,7 @@ class VirtualServerHealth:
         heap = self._heap
         while heap:
             at, _, tracker = heap[0]
-            if not tracker.retired and tracker.next_probe_at() == at:
+            if not tracker.retired and tracker.due == at:
                 return at
             heapq.heappop(heap)
         return None
@@ -131,13 +131,16 @@ class VirtualServerHealth:
     def handle_timer(self, *, now: float) -> None:
         """Start the probes that are due (StartProbe events)."""
         heap = self._heap
+        events = self._events
         while heap and heap[0][0] <= now:
             at, _, tracker = heapq.heappop(heap)
-            if tracker.retired or tracker.next_probe_at() != at:
+            if tracker.retired or tracker.due != at:
                 continue
             tracker.handle_timer(now=now)
-            self._events.extend(tracker.pop_events())
-            self._schedule(tracker)
+            events.extend(tracker.pop_events())
+            due = tracker.due
+            if due is not None:  # (`_schedule` inlined: this runs for every probe)
+                self._push(due, tracker)
 
     # -- inputs ----------------------------------------------------------------------------
 
@@ -147,7 +150,9 @@ class VirtualServerHealth:
         if tracker is None:
             return
         tracker.record_result(check, result, now=now)
-        self._schedule(tracker)
+        due = tracker.due
+        if due is not None and not self._stopped:  # `_schedule`, inlined
+            self._push(due, tracker)
         if tracker.has_events:  # most results change nothing
             self._absorb(tracker.pop_events())
 
@@ -234,12 +239,13 @@ class VirtualServerHealth:
         return tracker
 
     def _schedule(self, tracker: HealthTracker) -> None:
-        if self._stopped:
-            return
-        at = tracker.next_probe_at()
-        if at is not None:
-            self._seq += 1
-            heapq.heappush(self._heap, (at, self._seq, tracker))
+        due = tracker.due
+        if due is not None and not self._stopped:
+            self._push(due, tracker)
+
+    def _push(self, at: float, tracker: HealthTracker) -> None:
+        self._seq += 1
+        heapq.heappush(self._heap, (at, self._seq, tracker))
 
     def _absorb(self, events: list[CheckEvent]) -> None:
         changed = False

@@ -825,3 +825,107 @@ async def test_idle_sockets_are_bounded() -> None:
         finally:
             poller.close()
     assert {(r.ok, r.detail) for r in results} == {(True, "ok")}
+
+
+# -- the request goes at once, with the handshake's last ACK --------------------------------------
+
+
+@pytest.mark.asyncio
+async def test_a_request_sent_before_the_connect_completes_waits_for_it() -> None:
+    """The request is tried right after connect(); while the handshake is still under way
+    (here the listener drops the first SYNs, its accept queue being full) send refuses it and
+    it goes once the connect completes. Both paths then read the same answer."""
+    loop = asyncio.get_running_loop()
+    spec = HttpGetCheck(connect=ConnectOptions(connect_timeout=4.0),
+                        urls=(UrlSpec(path="/h", regex="backend ok"),))
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(0)
+    listener.setblocking(False)
+    port = listener.getsockname()[1]
+    fillers = []
+    server: asyncio.Server | None = None
+    try:
+        for _ in range(4):  # more than the queue holds
+            s = socket.socket()
+            s.setblocking(False)
+            s.connect_ex(("127.0.0.1", port))
+            fillers.append(s)
+        await asyncio.sleep(0.05)
+        started = loop.time()
+        probes = asyncio.gather(run_probe(spec, LO, port), fast_probe(spec, LO, port))
+        await asyncio.sleep(0.2)
+        assert loop.time() - started < 0.9  # the probes' first SYNs were dropped
+
+        async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            try:
+                await reader.readuntil(b"\r\n\r\n")
+                writer.write(response())
+                await writer.drain()
+            except (ConnectionError, asyncio.IncompleteReadError):
+                pass  # a filler, closed below
+            finally:
+                writer.close()
+
+        for s in fillers:
+            s.close()
+        listener.listen(16)  # room for the retransmitted SYNs
+        server = await asyncio.start_server(serve, sock=listener)
+        slow, fast = await probes
+    finally:
+        for s in fillers:
+            s.close()
+        if server is not None:
+            server.close()
+            await server.wait_closed()
+        else:
+            listener.close()
+    assert (fast.ok, fast.detail) == (slow.ok, slow.detail) == (True, "ok")
+    # connected only by a SYN retransmission (1 s after the first): the request waited
+    assert fast.elapsed > 0.9
+
+
+@pytest.mark.asyncio
+async def test_a_refused_connect_is_found_by_the_request() -> None:
+    """On loopback a refused connect is known when connect() returns: the request sent at
+    once meets the error, and the probe reports it from start(), as run_probe reports it."""
+    loop = asyncio.get_running_loop()
+    closed = free_port()
+    results: list[ProbeResult] = []
+    poller = Poller(loop)
+    try:
+        FastProbe(ProbePlan(http(), LO, closed), done=results.append, poller=poller).start(
+            loop.time() + 1.0)
+        assert [(r.ok, r.detail) for r in results] == [(False, "Connection refused")]
+    finally:
+        poller.close()
+    slow = await run_probe(http(), LO, closed)
+    assert (slow.ok, slow.detail) == (False, "Connection refused")
+
+
+@pytest.mark.asyncio
+async def test_http_sockets_defer_the_handshake_ack_and_tcp_sockets_do_not() -> None:
+    """An HTTP_GET socket asks the kernel to hold the handshake's final ACK for the request
+    (TCP_DEFER_ACCEPT on a connecting socket); a TCP_CHECK, whose check is the handshake,
+    must complete it, so kept sockets of the two kinds are never exchanged."""
+    loop = asyncio.get_running_loop()
+    results: list[ProbeResult] = []
+    async with peer(answer(response())) as port:
+        poller = Poller(loop)
+        try:
+            http_plan = ProbePlan(http(regex="backend ok"), LO, port)
+            tcp_plan = ProbePlan(TcpCheck(connect=FAST), LO, port)
+            assert http_plan.pool != tcp_plan.pool
+            await run_once(FastProbe(http_plan, done=results.append, poller=poller), results)
+            await run_once(FastProbe(tcp_plan, done=results.append, poller=poller), results)
+            assert poller.idle_count() == 2  # the TCP_CHECK did not take the HTTP socket
+            kept_http = poller.idle_socket(http_plan.pool)
+            kept_tcp = poller.idle_socket(tcp_plan.pool)
+            assert kept_http is not None and kept_tcp is not None
+            assert kept_http.getsockopt(socket.IPPROTO_TCP, socket.TCP_DEFER_ACCEPT) > 0
+            assert kept_tcp.getsockopt(socket.IPPROTO_TCP, socket.TCP_DEFER_ACCEPT) == 0
+            kept_http.close()
+            kept_tcp.close()
+        finally:
+            poller.close()
+    assert [(r.ok, r.detail) for r in results] == [(True, "ok"), (True, "ok")]
