@@ -83,6 +83,12 @@ class _Ctx:
     warnings: list[Diagnostic] = field(default_factory=list)
     # Checker blocks already read, by content (see `_checker_values`).
     checkers: dict[tuple[Any, ...], _Values] = field(default_factory=dict)
+    # Checkers made from such a reading, by (its id, inherited values) (`_build_checker`).
+    checker_protos: dict[tuple[Any, ...], m.Checker] = field(default_factory=dict)
+    # Inherited values (`_checker_key`) met so far, numbered, and the real server blocks
+    # read, by (words, that number) (`_build_real_server`).
+    checker_keys: dict[tuple[Any, ...], int] = field(default_factory=dict)
+    real_servers: dict[tuple[Any, ...], _RsTemplate] = field(default_factory=dict)
 
     def error(self, pos: SourcePos, message: str, *, code: str, hint: str = "") -> None:
         self.errors.append(ConfigValueError(message, pos, code=code, hint=hint))
@@ -151,11 +157,21 @@ def _twin(cls: type) -> type | None:
     """A mutable twin of the frozen, slotted class `cls`: the same bases and slots, with the
     ordinary attribute assignment. An instance filled in as a twin becomes a `cls` by
     assigning its `__class__` (the layouts are the same, which Python checks), after which
-    it is frozen like any other. None when Python refuses the switch."""
+    it is frozen like any other. None when Python refuses the switch.
+
+    Both `__setattr__` and `__delattr__` are object's own: they share one C slot, which
+    Python fills with the C function only when neither is a Python function. Inheriting
+    a frozen base's `__delattr__` (the checkers' bases are frozen dataclasses too) would
+    route every assignment through a method lookup and call, three times the cost.
+    """
     twin = type(
         f"_{cls.__name__}Draft",
         cls.__bases__,
-        {"__slots__": cls.__dict__.get("__slots__", ()), "__setattr__": object.__setattr__},
+        {
+            "__slots__": cls.__dict__.get("__slots__", ()),
+            "__setattr__": object.__setattr__,
+            "__delattr__": object.__delattr__,
+        },
     )
     try:
         object.__setattr__(object.__new__(twin), "__class__", cls)
@@ -223,14 +239,66 @@ def _maker(cls: type) -> Callable[..., Any]:
     return made
 
 
-_MAKE: dict[type, Callable[..., Any]] = {
-    cls: _maker(cls)
-    for cls in (m.VirtualServer, m.RealServer, m.Url, m.Forwarding, *m.CHECKER_CLASSES.values())
-}
-_make_virtual_server = _MAKE[m.VirtualServer]
-_make_real_server = _MAKE[m.RealServer]
-_make_url = _MAKE[m.Url]
-_make_forwarding = _MAKE[m.Forwarding]
+def _copier(cls: type) -> Callable[..., Any]:
+    """`dataclasses.replace` for the frozen, slotted dataclass `cls`, without its `__init__`:
+    `copy(made, **changes)` is an object equal to `made` but for `changes`, which name
+    fields that `__init__` takes. A large file's real servers and checkers mostly differ
+    from one another in a few fields (address, key, position); copying the others from a
+    model object made once per distinct content spares the merged keyword dictionaries
+    and the keyword matching of a constructor call. test_build checks it against
+    `dataclasses.replace` for every class of `_MAKE`.
+    """
+    twin = _twin(cls)
+    if twin is None or _MAKE[cls] is cls:
+
+        def replace(made: Any, /, **changes: Any) -> Any:
+            return dataclasses.replace(made, **changes)
+
+        return replace
+    namespace: dict[str, Any] = {
+        "_new": object.__new__,
+        "_cls": cls,
+        "_twin": twin,
+        "_retype": object.__setattr__,
+        "_MISSING": _MISSING,
+    }
+    # Keyword parameters, matched by the interpreter, rather than a dictionary of changes
+    # walked with setattr: a few `is` tests cost less than a call per change.
+    fields = dataclasses.fields(cls)
+    params = ", ".join(f"{f.name}=_MISSING" for f in fields if f.init)
+    body = ["_self = _new(_twin)"]
+    for f in fields:
+        name = f.name
+        if f.init:
+            body.append(f"_self.{name} = _made.{name} if {name} is _MISSING else {name}")
+        else:
+            body.append(f"_self.{name} = _made.{name}")
+    body.append('_retype(_self, "__class__", _cls)')
+    source = f"def copy(_made, /, *, {params}):\n    " + "\n    ".join(body)
+    exec(source + "\n    return _self\n", namespace)  # as `_maker`
+    made: Callable[..., Any] = namespace["copy"]
+    return made
+
+
+class _Generated(dict[type, Callable[..., Any]]):
+    """Functions generated per class (`_maker`, `_copier`) when first asked for: each is
+    compiled from source, a cost every start-up would pay for classes a file may not use."""
+
+    __slots__ = ("_generate",)
+
+    def __init__(self, generate: Callable[[type], Callable[..., Any]]) -> None:
+        super().__init__()
+        self._generate = generate
+
+    def __missing__(self, cls: type) -> Callable[..., Any]:
+        made = self[cls] = self._generate(cls)
+        return made
+
+
+# The most numerous model objects: made by `_MAKE[cls]`, copied by `_COPY[cls]`.
+_FAST_CLASSES = (m.VirtualServer, m.RealServer, m.Url, m.Forwarding, *m.CHECKER_CLASSES.values())
+_MAKE = _Generated(_maker)
+_COPY = _Generated(_copier)
 
 
 # Keywords whose statements are built after the enclosing block is known (inheritance).
@@ -1257,7 +1325,7 @@ def _fast_lvs_method(st: Node) -> Any:
     if len(st.args) == 1:
         method = _LVS_METHODS.get(st.args[0])
         if method is not None:
-            return _make_forwarding(method=method, pos=node_pos(st))
+            return _MAKE[m.Forwarding](method=method, pos=node_pos(st))
     return None
 
 
@@ -1660,7 +1728,9 @@ def _build_virtual_server(ctx: _Ctx, st: Node) -> m.VirtualServer | None:
         values["sched_flags"] = frozenset(flags)
     # What the real servers inherit, and the VS key, are known before the VS object is built,
     # so it is constructed once, with its real servers (no dataclasses.replace per VS).
-    inherited = {name: values.get(name, _VS_DEFAULTS[name]) for name in _RS_INHERITED}
+    inherited = {"rise": kw.DEFAULT_RISE}  # the real servers' default `rise`
+    for name in _RS_INHERITED:
+        inherited[name] = values.get(name, _VS_DEFAULTS[name])
     head = header or {}
     key = m.vs_key(
         address=head.get("address"),
@@ -1672,14 +1742,16 @@ def _build_virtual_server(ctx: _Ctx, st: Node) -> m.VirtualServer | None:
     )
     # With a bad header the real servers are still walked, so their errors are reported too.
     real_servers = []
-    for rs_st in rs_stmts:
-        rs = _build_real_server(ctx, rs_st, key, inherited)
-        if rs is not None:
-            real_servers.append(rs)
+    if rs_stmts:
+        base = _RsBase(key, inherited)
+        for rs_st in rs_stmts:
+            rs = _build_real_server(ctx, rs_st, base)
+            if rs is not None:
+                real_servers.append(rs)
     if header is None:
         return None
     _implicit_vs_defaults(ctx, st, header, values, bool(real_servers))
-    return _make_virtual_server(  # type: ignore[no-any-return]
+    return _MAKE[m.VirtualServer](  # type: ignore[no-any-return]
         pos=node_pos(st),
         keyword_pos=values.positions(),
         real_servers=tuple(real_servers),
@@ -1760,34 +1832,161 @@ def _rs_header(ctx: _Ctx, node: Node) -> dict[str, Any] | None:
     return header
 
 
-def _build_real_server(
-    ctx: _Ctx, st: Node, vs_key: m.Key, inherited: Mapping[str, Any]
-) -> m.RealServer | None:
-    assert st.block is not None
+class _RsBase:
+    """What the real servers of one virtual server start from: the service's key, the values
+    they inherit (and the default `rise`), and, made when first needed, a real server with
+    just these values, which the others are copies of."""
+
+    __slots__ = ("checker_key", "fields", "key_id", "proto", "vs_key")
+
+    def __init__(self, vs_key: m.Key, fields: dict[str, Any]) -> None:
+        self.vs_key = vs_key
+        self.fields = fields
+        self.proto: m.RealServer | None = None
+        # `_checker_key(fields)`, and its number in `_Ctx.checker_keys`, once first needed.
+        self.checker_key: tuple[Any, ...] | None = None
+        self.key_id = -1
+
+
+# A real server's address until its copy gets its own (every real server has an address).
+_NO_ADDRESS = ipaddress.IPv4Address(0)
+
+
+def _rs_content(block: Sequence[Node]) -> tuple[Any, ...] | None:
+    """A real server block's words, as a key of `_Ctx.real_servers`: its statements, each
+    with the statements of its block; None for a block nested deeper (a checker's `url`)."""
+    content: list[Any] = []
+    for node in block:
+        keyword, args, inner = node[:3]
+        if inner is None:
+            content.append((keyword, args))
+            continue
+        lines = []
+        for line in inner:
+            if line[2] is not None:
+                return None
+            lines.append(line[:2])
+        content.append((keyword, args, tuple(lines)))
+    return tuple(content)
+
+
+# What a real server block of `_Ctx.real_servers` made: its own values (plain data), where
+# its keywords are (field, index of the statement), and its checkers (index of the
+# statement, index among its kind, the checker its copies are made from).
+_RsTemplate = tuple[
+    dict[str, Any], tuple[tuple[str, int], ...], tuple[tuple[int, int, m.Checker], ...]
+]
+
+
+def _build_real_server(ctx: _Ctx, st: Node, base: _RsBase) -> m.RealServer | None:
+    """A real server of the service `base` stands for.
+
+    A large file repeats real server blocks word for word (`weight 1`, the same checker)
+    under services with the same inherited values. A block read with nothing to report, and
+    whose values are plain data and whose checkers are copies of one made checker (see
+    `_build_checker`), is kept with what it made (`_RsTemplate`): its repeats take the
+    values and copy the checkers, with their own positions, and are not read again.
+    """
+    block = st.block
+    assert block is not None
     header = _rs_header(ctx, st)
-    values = _collect(ctx, st.block, kw.BLOCKS["real_server"], m.RealServer, where=st)
-    check_stmts: list[Node] = values.pop("checkers", [])
-    # The real server's own values over what it inherits, over the default `rise`.
-    fields = {"rise": kw.DEFAULT_RISE, **inherited, **values}
+    if base.checker_key is None:
+        base.checker_key = _checker_key(base.fields)
+        base.key_id = ctx.checker_keys.setdefault(base.checker_key, len(ctx.checker_keys))
+    content = _rs_content(block)
+    key = None if content is None else (content, base.key_id)
+    if key is not None and header is not None:
+        template = ctx.real_servers.get(key)
+        if template is not None:
+            values, where, made = template
+            address = header["address"]
+            port = header.get("port")
+            rs_key = (base.vs_key, address, port or 0)  # = RealServer.key
+            return _real_server(
+                base,
+                st,
+                header,
+                values,
+                {name: keyword_pos(block[i]) for name, i in where},
+                tuple(
+                    _COPY[type(proto)](proto, rs_key=rs_key, index=index, pos=node_pos(block[i]))
+                    for i, index, proto in made
+                ),
+            )
+    reported = len(ctx.errors) + len(ctx.warnings)
+    values = _collect(ctx, block, _RS_BLOCK, m.RealServer, where=st)
+    check_stmts: list[Node] | None = values.pop("checkers", None)
     # The checkers are built before their real server (one construction each, no replace);
     # with a bad header they are still walked for their own errors, then dropped.
-    address = header["address"] if header else ipaddress.IPv4Address(0)
-    port = header.get("port") if header else None
-    rs_key = (vs_key, address, port or 0)  # = RealServer.key
-    checkers = []
-    counts: dict[CheckerKind, int] = {}
-    for check_st in check_stmts:
-        kind = _KINDS[check_st.keyword]
-        index = counts.get(kind, 0)
-        counts[kind] = index + 1
-        # `fields` holds every name of _RS_FOR_CHECKERS: the checkers read them there.
-        checkers.append(_build_checker(ctx, check_st, kind, fields, rs_key, index))
+    checkers: tuple[m.Checker, ...] = ()
+    protos: list[m.Checker | None] = []
+    if check_stmts is not None:
+        # What the checkers inherit: the real server's own values over the service's.
+        if values.keys().isdisjoint(_RS_FOR_CHECKERS):
+            fields = base.fields
+            checker_key = base.checker_key
+        else:
+            fields = {**base.fields, **values}
+            checker_key = _checker_key(fields)
+        address = header["address"] if header else _NO_ADDRESS
+        port = header.get("port") if header else None
+        rs_key = (base.vs_key, address, port or 0)  # = RealServer.key
+        built = []
+        counts: dict[CheckerKind, int] = {}
+        for check_st in check_stmts:
+            kind = _KINDS[check_st.keyword]
+            index = counts.get(kind, 0)
+            counts[kind] = index + 1
+            # `fields` holds every name of _RS_FOR_CHECKERS: the checkers read them there.
+            checker, proto = _build_checker(ctx, check_st, kind, fields, checker_key, rs_key, index)
+            built.append(checker)
+            protos.append(proto)
+        checkers = tuple(built)
     if header is None:
         return None
-    fields["checkers"] = tuple(checkers)
-    return _make_real_server(  # type: ignore[no-any-return]
-        vs_key=vs_key, pos=node_pos(st), keyword_pos=values.positions(), **header, **fields
+    rs = _real_server(base, st, header, values, values.positions(), checkers)
+    if (
+        key is not None
+        and len(ctx.errors) + len(ctx.warnings) == reported
+        and None not in protos
+        and all(type(v) in _PLAIN_TYPES or isinstance(v, enum.Enum) for v in values.values())
+    ):
+        index_of = {id(node): i for i, node in enumerate(block)}
+        ctx.real_servers[key] = (
+            dict(values),
+            tuple((name, index_of[id(node)]) for name, node in values.pos.items()),
+            tuple(
+                (index_of[id(check_st)], checker.index, proto)
+                for check_st, checker, proto in zip(
+                    check_stmts or (), checkers, protos, strict=True
+                )
+                if proto is not None
+            ),
+        )
+    return rs
+
+
+def _real_server(
+    base: _RsBase,
+    st: Node,
+    header: Mapping[str, Any],
+    values: Mapping[str, Any],
+    positions: dict[str, SourcePos],
+    checkers: tuple[m.Checker, ...],
+) -> m.RealServer:
+    """The real server: the service's real server (`base.proto`) with its own values and
+    `positions` (its `keyword_pos`)."""
+    proto = base.proto
+    if proto is None:
+        proto = base.proto = _MAKE[m.RealServer](
+            address=_NO_ADDRESS, vs_key=base.vs_key, **base.fields
+        )
+    return _COPY[m.RealServer](  # type: ignore[no-any-return]
+        proto, pos=node_pos(st), keyword_pos=positions, checkers=checkers, **header, **values
     )
+
+
+_RS_BLOCK = kw.BLOCKS["real_server"]
 
 
 # What a checker takes from its real server when it does not say (delay_loop first: the
@@ -1850,8 +2049,9 @@ _PLAIN_TYPES = frozenset(
 )
 
 
-def _checker_values(ctx: _Ctx, st: Node, kind: CheckerKind) -> _Values:
-    """The values of a checker's block, read once per distinct block.
+def _checker_values(ctx: _Ctx, st: Node, kind: CheckerKind) -> tuple[_Values, bool]:
+    """The values of a checker's block, read once per distinct block, and whether they are
+    so shared (the same object for every repeat of the block).
 
     A large file repeats one checker block (`TCP_CHECK { connect_timeout 3 }`) for every
     real server, and a checker keeps no keyword positions. A block of plain statements whose
@@ -1873,7 +2073,7 @@ def _checker_values(ctx: _Ctx, st: Node, kind: CheckerKind) -> _Values:
     if key is not None:
         found = ctx.checkers.get(key)
         if found is not None:
-            return found
+            return found, True
     reported = len(ctx.errors) + len(ctx.warnings)
     values = _collect(
         ctx, st.block, kw.CHECKER_BLOCKS[kind], m.CHECKER_CLASSES[kind], where=kind.value
@@ -1884,7 +2084,8 @@ def _checker_values(ctx: _Ctx, st: Node, kind: CheckerKind) -> _Values:
         and all(type(v) in _PLAIN_TYPES or isinstance(v, enum.Enum) for v in values.values())
     ):
         ctx.checkers[key] = values
-    return values
+        return values, True
+    return values, False
 
 
 # What a checker of these kinds must say.
@@ -1896,12 +2097,44 @@ _REQUIRED = {
 _URL_KINDS = frozenset({CheckerKind.HTTP_GET, CheckerKind.SSL_GET})
 
 
+def _checker_key(rs: Mapping[str, Any]) -> tuple[Any, ...]:
+    """What a checker may take from its real server (`rs`), as a key of `_Ctx.checker_protos`.
+
+    Each value with its type: 1, 1.0 and True are equal keys with different models. Equal
+    values of one type are the same model: these are numbers, booleans, strings and None
+    (a timer has no sign, so no -0.0, and no NaN).
+    """
+    return tuple((type(value), value) for value in map(rs.__getitem__, _RS_FOR_CHECKERS))
+
+
 def _build_checker(
-    ctx: _Ctx, st: Node, kind: CheckerKind, rs: Mapping[str, Any], rs_key: m.Key, index: int
-) -> m.Checker:
+    ctx: _Ctx,
+    st: Node,
+    kind: CheckerKind,
+    rs: Mapping[str, Any],
+    rs_key_values: tuple[Any, ...],
+    rs_key: m.Key,
+    index: int,
+) -> tuple[m.Checker, m.Checker | None]:
+    """A checker of the real server whose values are `rs` (`rs_key_values`: `_checker_key`),
+    and the checker it is a copy of (None: made from its block).
+
+    A checker is a function of its block's values and what it takes from its real server,
+    but for its key, index and position. A checker whose block is a shared reading
+    (`_checker_values`) and whose making reported nothing is kept, and its repeats with
+    the same inherited values are copies of it with their own key, index and position.
+    """
     cls = m.CHECKER_CLASSES[kind]
-    values = _checker_values(ctx, st, kind)
-    fields = {**{name: rs[name] for name in _INHERITABLE[kind]}, **values}
+    values, shared = _checker_values(ctx, st, kind)
+    if shared:
+        proto_key = (id(values), rs_key_values)  # shared values live as long as `ctx`
+        proto = ctx.checker_protos.get(proto_key)
+        if proto is not None:
+            copy = _COPY[cls](proto, rs_key=rs_key, index=index, pos=node_pos(st))
+            return copy, proto
+        reported = len(ctx.errors) + len(ctx.warnings)
+    fields = {name: rs[name] for name in _INHERITABLE[kind]}
+    fields.update(values)
     url_stmts: list[Node] | None = values.get("urls")
     if url_stmts is not None:
         urls = []
@@ -1910,7 +2143,7 @@ def _build_checker(
             uv = _collect(ctx, url_st.block, kw.BLOCKS["url"], m.Url, where="url")
             if not uv.has("path"):
                 ctx.error(keyword_pos(url_st), "url has no `path`", code="missing")
-            urls.append(_make_url(pos=node_pos(url_st), **uv))
+            urls.append(_MAKE[m.Url](pos=node_pos(url_st), **uv))
         fields["urls"] = tuple(urls)
     # retry and delay_before_retry left unset all the way up take the kind's default.
     for name in _KIND_DEFAULTED[kind]:
@@ -1921,7 +2154,11 @@ def _build_checker(
         ctx.error(keyword_pos(st), f"{kind.value} has no `{required}`", code="missing")
     if kind in _URL_KINDS and not fields.get("urls") and not values.has("urls"):
         ctx.error(keyword_pos(st), f"{kind.value} has no `url {{ ... }}`", code="missing")
-    return _MAKE[cls](rs_key=rs_key, index=index, pos=node_pos(st), **fields)  # type: ignore[no-any-return]
+    checker: m.Checker = _MAKE[cls](rs_key=rs_key, index=index, pos=node_pos(st), **fields)
+    if shared and len(ctx.errors) + len(ctx.warnings) == reported:
+        ctx.checker_protos[proto_key] = checker
+        return checker, checker
+    return checker, None
 
 
 def _build_named(

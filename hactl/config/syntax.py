@@ -387,6 +387,47 @@ def _closed(opening: Node, block: list[Node], close: SourcePos | None) -> Node:
 # --------------------------------------------------------------------------- fast path
 
 
+# The shape of a plain line (`_line_shape`): what `_scan` does with it.
+_BLANK_LINE = 0  # nothing
+_LEAF_LINE = 1  # a statement: (_LEAF_LINE, keyword, args)
+_OPEN_LINE = 2  # a statement and the '{' of its block: (_OPEN_LINE, keyword, args)
+_CLOSE_LINE = 3  # a '}' alone: (_CLOSE_LINE, its column)
+_INCLUDE_LINE = 4  # an include after a brace: an error for `_match`
+_OTHER_LINE = 5  # any other brace: the general tokenizer's
+
+
+def _line_shape(raw: str, interned: dict[str, str]) -> tuple[Any, ...]:
+    """What a plain line holds, from its text alone (see `_scan`)."""
+    # A plain line holds no quote, comment or blank but " \t\f\v\r" (see preprocess), so
+    # str.split finds keepalived's words.
+    words = raw.split()
+    if not words:
+        return (_BLANK_LINE,)
+    if "}" in raw:
+        if len(words) == 1 and words[0] == "}":
+            return (_CLOSE_LINE, raw.index("}") + 1)
+        return (_OTHER_LINE,)
+    shape = _LEAF_LINE
+    if "{" in raw:
+        # The '{' of its block, alone or glued to its last word; any other is the
+        # tokenizer's.
+        if raw.count("{") != 1 or words[-1][-1] != "{":
+            return (_OTHER_LINE,)
+        last = words.pop()
+        if len(last) > 1:
+            words.append(last[:-1])
+        if not words:
+            return (_OTHER_LINE,)
+        shape = _OPEN_LINE
+    # Interned: the keyword tables' own strings, one copy, quick lookups.
+    keyword = interned.get(words[0])
+    if keyword is None:
+        keyword = interned[words[0]] = sys.intern(words[0])
+    if keyword in _INCLUDE_WORDS:
+        return (_INCLUDE_LINE,)
+    return (shape, keyword, tuple(words[1:]))
+
+
 def _scan(chunks: list[Line | PlainRun], diagnostics: list[Diagnostic]) -> list[Node] | None:
     """Tokenize, match braces and nest in one pass, for a file whose braces are all in order.
 
@@ -396,6 +437,10 @@ def _scan(chunks: list[Line | PlainRun], diagnostics: list[Diagnostic]) -> list[
     this pass reads the lines of a `PlainRun` straight from the file's text, and a line that
     is one statement (the common case) becomes one node, its words plain strings.
     `diagnostics` receives the tokenizer's own findings (quotes, continuation).
+
+    A large file repeats most of its lines (`weight 1`, `TCP_CHECK {`, `}` ...): each
+    distinct line is read once (`_line_shape`), and its repeats share the reading, their
+    statements the same words.
     """
     top: list[Node] = []
     children = top  # of the innermost open block
@@ -403,7 +448,9 @@ def _scan(chunks: list[Line | PlainRun], diagnostics: list[Diagnostic]) -> list[
     last_is_leaf = False  # children[-1] is a leaf: a '{' now opens its block
     new_tuple = _new_tuple
     include_words = _INCLUDE_WORDS
-    intern = sys.intern
+    interned: dict[str, str] = {}  # the keywords met so far, interned
+    shapes: dict[str, tuple[Any, ...]] = {}  # plain line -> its shape
+    shape_of = shapes.get
     path = ""
     lines: list[str] | None = None
     rows: range = range(1)
@@ -421,71 +468,61 @@ def _scan(chunks: list[Line | PlainRun], diagnostics: list[Diagnostic]) -> list[
                 line_item = chunk
             else:
                 raw = lines[index]
-                # A plain line holds no quote, comment or blank but " \t\f\v\r" (see
-                # preprocess), so str.split finds keepalived's words.
-                words = raw.split()
-                if not words:
+                shape = shape_of(raw)
+                if shape is None:
+                    shape = shapes[raw] = _line_shape(raw, interned)
+                kind = shape[0]
+                if kind == _LEAF_LINE:
+                    children.append(
+                        new_tuple(Node, (shape[1], shape[2], None, index + 1, raw, path, None))
+                    )
+                    last_is_leaf = True
                     continue
-                if "}" in raw:
-                    if len(words) == 1 and words[0] == "}" and stack:
-                        # A third of the lines of a large file: kept short.
-                        opening, parent = stack.pop()
-                        src = opening.src
-                        if type(src) is str and opening.path == path:
-                            line = index + 1
-                            column = src.find(opening.keyword) + 1
-                            closing = raw.index("}") + 1
-                            node = new_tuple(
-                                Node,
-                                (
-                                    opening.keyword,
-                                    opening.args,
-                                    tuple(children),
-                                    opening.line,
-                                    src,
-                                    path,
-                                    new_tuple(
-                                        SourcePos, (path, opening.line, column, line, closing + 1)
-                                    ),
-                                ),
-                            )
-                        else:
-                            col = raw.index("}") + 1
-                            close_at = new_tuple(
-                                SourcePos, (path, index + 1, col, index + 1, col + 1)
-                            )
-                            node = _closed(opening, children, close_at)
-                        parent.append(node)
-                        children = parent
-                        last_is_leaf = False
-                        continue
-                else:
-                    # A statement, ending or not in the '{' of its block (alone or glued to
-                    # its last word); any other brace goes to the general tokenizer below.
-                    opens = "{" in raw
-                    plain = not opens
-                    if opens and raw.count("{") == 1 and words[-1][-1] == "{":
-                        last = words.pop()
-                        if len(last) > 1:
-                            words.append(last[:-1])
-                        plain = len(stack) < MAX_DEPTH
-                    if plain and words:
-                        # Interned: the keyword tables' own strings, one copy, quick lookups.
-                        keyword = intern(words[0])
-                        if keyword in include_words:
-                            return None  # an error for `_match`
+                if kind == _CLOSE_LINE and stack:
+                    # A third of the lines of a large file: kept short.
+                    opening, parent = stack.pop()
+                    src = opening.src
+                    if type(src) is str and opening.path == path:
+                        column = src.find(opening.keyword) + 1
                         node = new_tuple(
-                            Node, (keyword, tuple(words[1:]), None, index + 1, raw, path, None)
+                            Node,
+                            (
+                                opening.keyword,
+                                opening.args,
+                                tuple(children),
+                                opening.line,
+                                src,
+                                path,
+                                new_tuple(
+                                    SourcePos,
+                                    (path, opening.line, column, index + 1, shape[1] + 1),
+                                ),
+                            ),
                         )
-                        if opens:
-                            stack.append((node, children))
-                            children = []
-                            last_is_leaf = False
-                        else:
-                            children.append(node)
-                            last_is_leaf = True
-                        continue
-                # Braces elsewhere in the line: the general tokenizer, for this line.
+                    else:
+                        col = shape[1]
+                        close_at = new_tuple(SourcePos, (path, index + 1, col, index + 1, col + 1))
+                        node = _closed(opening, children, close_at)
+                    parent.append(node)
+                    children = parent
+                    last_is_leaf = False
+                    continue
+                if kind == _OPEN_LINE and len(stack) < MAX_DEPTH:
+                    stack.append(
+                        (
+                            new_tuple(Node, (shape[1], shape[2], None, index + 1, raw, path, None)),
+                            children,
+                        )
+                    )
+                    children = []
+                    last_is_leaf = False
+                    continue
+                if kind == _BLANK_LINE:
+                    continue
+                if kind == _INCLUDE_LINE:
+                    return None  # an error for `_match`
+                # Braces elsewhere in the line (or a '}' or '{' with no block to close or
+                # room to open): the general tokenizer, for this line.
                 body = raw.strip(" \t\r")
                 line_item = Line(path, index + 1, body, raw.index(body[0]) + 1, None, False)
             for kind, payload, where in _tokenize([line_item], diagnostics):

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import difflib
 from collections.abc import Callable, Iterator
+from ipaddress import IPv4Address
 
 from hactl.config import model as m
 from hactl.config.keywords import AuthType, CheckerKind, LvsMethod, Protocol, VrrpState
@@ -244,16 +245,13 @@ def _virtual_servers(config: m.Config) -> Iterator[ConfigError]:
     first: dict[m.Key, m.VirtualServer] = {}
     # Labels are made only for a message: a large file has tens of thousands of services.
     for vs in config.virtual_servers:
-        vs_key = vs.key
-        other = first.get(vs_key)
-        if other is not None:
+        other = first.setdefault(vs.key, vs)  # one hashing of the key, which holds an address
+        if other is not vs:
             yield _err(
                 vs.pos,
                 f"{_vs_where(vs)} is defined twice (first at line {other.pos.line})",
                 "duplicate",
             )
-        else:
-            first[vs_key] = vs
         if vs.group is not None and vs.group not in groups:
             yield _err(
                 vs.pos,
@@ -262,21 +260,20 @@ def _virtual_servers(config: m.Config) -> Iterator[ConfigError]:
                 _near(vs.group, groups),
             )
         yield from _service_flags(vs, by_name)
-        seen_rs: dict[m.Key, m.RealServer] = {}
+        seen_rs: dict[tuple[type, int, int], m.RealServer] = {}
         for rs in vs.real_servers:
-            # rs.key without its first item, the service's key, the same for all of them
-            # (and costly to hash again: it holds an address).
-            rs_key = (rs.address, rs.port or 0)
-            seen = seen_rs.get(rs_key)
-            if seen is not None:
+            # rs.key without its first item, the service's key, the same for all of them.
+            # The address as its class and number: equal keys exactly when the addresses
+            # are equal, without ipaddress's __hash__ (a hex string made per call).
+            address = rs.address
+            seen = seen_rs.setdefault((type(address), int(address), rs.port or 0), rs)
+            if seen is not rs:
                 yield _err(
                     rs.pos,
                     f"{_vs_where(vs)}: {_rs_label(rs)} is defined twice "
                     f"(first at line {seen.pos.line})",
                     "duplicate",
                 )
-            else:
-                seen_rs[rs_key] = rs
             if rs.port is None and _has_ports(vs, by_name):
                 # keepalived would use port 0 here, which IPVS rejects for a port service.
                 yield _err(
@@ -286,7 +283,8 @@ def _virtual_servers(config: m.Config) -> Iterator[ConfigError]:
                 )
             if (
                 vs.address is not None
-                and rs.address.version != vs.address.version
+                # rs.address.version != vs.address.version, without two property calls
+                and isinstance(address, IPv4Address) is not isinstance(vs.address, IPv4Address)
                 and rs.lvs_method.method is not LvsMethod.TUN
             ):
                 yield _err(

@@ -28,7 +28,13 @@ from hypothesis import strategies as st
 
 from hactl import config
 from hactl.config import build, keywords, model, syntax
-from hactl.config.preprocess import PlainRun, preprocess, preprocess_runs
+from hactl.config.preprocess import (
+    _PLAIN_LINE_SPECIAL,
+    PlainRun,
+    _FileSource,
+    preprocess,
+    preprocess_runs,
+)
 from hactl.errors import ConfigErrors, Diagnostic
 
 HERE = Path(__file__).parent
@@ -118,6 +124,29 @@ LOAD_CASES = [
         )
     )
     + "}\n",
+    # repeated real server blocks: under services with other inherited values, with values
+    # of their own, with a problem or a notice, with a checker whose block nests
+    "".join(
+        f"virtual_server 10.0.0.{i} 80 {{\n lb_kind DR\n delay_loop {loop}\n"
+        + "".join(
+            f" real_server 10.0.1.{j} 80 {{\n  {body}\n }}\n"
+            for j, body in enumerate(
+                [
+                    "weight 1\n  TCP_CHECK {\n   connect_timeout 3\n  }",
+                    "weight 1\n  TCP_CHECK {\n   connect_timeout 3\n  }",
+                    "weight 01\n  TCP_CHECK {\n   connect_timeout 3\n  }",
+                    "weight 1\n  connect_timeout 2\n  TCP_CHECK {\n  }\n  TCP_CHECK {\n  }",
+                    "weight 1\n  weight 2\n  TCP_CHECK {\n   connect_timeout 3\n  }",
+                    "weight 1\n  smtp_alert\n  MISC_CHECK {\n   misc_path /bin/true\n  }",
+                    "weight 1\n  MISC_CHECK {\n  }",
+                    "weight 1\n  HTTP_GET {\n   url {\n    path /\n   }\n  }",
+                    "weight 1\n  TCP_CHECK {\n   connect_timeout 3\n  }\n  lvs_method NAT",
+                ]
+            )
+        )
+        + "}\n"
+        for i, loop in enumerate(["6", "6", "7", "6.0", "6"])
+    ),
     "global_defs {\n router_id a b\n vrrp_garp_master_delay x\n}\nvrrp_instance V {\n"
     " state MASTER\n interface eth0\n virtual_router_id 51\n priority 300\n"
     " virtual_ipaddress {\n  10.0.0.1/24 dev eth0\n }\n}\n",
@@ -195,10 +224,12 @@ def outcome(load: Callable[[], config.Loaded]) -> tuple[Any, ...]:
 
 
 def read_every_checker(ctx: Any, st: syntax.Node, kind: keywords.CheckerKind) -> Any:
-    """`build._checker_values` without the reuse of blocks already read."""
+    """`build._checker_values` without the reuse of blocks already read (so without the
+    reuse of checkers made from them either)."""
     assert st.block is not None
     block = keywords.CHECKER_BLOCKS[kind]
-    return build._collect(ctx, st.block, block, model.CHECKER_CLASSES[kind], where=kind.value)
+    values = build._collect(ctx, st.block, block, model.CHECKER_CLASSES[kind], where=kind.value)
+    return values, False
 
 
 def load_both_ways(load: Callable[[], config.Loaded]) -> None:
@@ -482,3 +513,18 @@ def test_the_dotted_quad_shortcut_agrees_with_ipaddress(text: str) -> None:
         return repr(value)
 
     assert read(build._ip.__wrapped__) == read(ipaddress.ip_address)
+
+
+@settings(max_examples=300, deadline=None, database=None)
+@given(
+    st.text(alphabet=st.sampled_from(list('ab \n!#"\\$@~\x1c\x1f\xa0\u2000{}')), max_size=80),
+    st.lists(st.integers(min_value=0, max_value=90), max_size=8),
+)
+def test_the_special_character_search_agrees_with_the_pattern(
+    text: str, offsets: list[int]
+) -> None:
+    # `_FileSource.special` keeps what it found between calls; offsets only grow in use.
+    src = _FileSource("x", Path(), text, text.split("\n"), "x")
+    for offset in sorted(offsets):
+        found = _PLAIN_LINE_SPECIAL.search(text, offset)
+        assert src.special(offset) == (-1 if found is None else found.start())
