@@ -699,6 +699,70 @@ class IpvsEngine:
             )
         return self._after_input(cp, now)
 
+    def receive_conn_packet(self, cp: Conn, pkt: PacketInfo, *, now: float) -> None:
+        """`receive_packet(pkt, now=now)` without the verdict, for a packet of entry `cp`.
+
+        `cp` is a FORWARD verdict's `conn` and `pkt` names that entry's tuple (the data
+        plane's socket events of an open flow). While `cp` is the table's live entry for its
+        tuple and the packet is a usual one (not a SYN, the entry not due, its destination
+        available, no one-packet or bypass flag, no sync master, the director on), this skips
+        finding the entry again and building a verdict: the rest is `receive_packet`'s path
+        for a found entry, step for step. Every other packet takes `receive_packet` itself.
+        """
+        pp = cp.pp
+        if pkt.direction:
+            # `_receive_reply` for a found entry.
+            if self._director_off or cp.expires <= now or pp.conns.get(cp.key) is not cp:
+                self._receive_reply(pkt, now)
+                return
+            dest = cp.dest
+            if dest is not None and dest.flags & IP_VS_DEST_F_AVAILABLE:
+                length = pkt.length
+                dest.outpkts += 1
+                dest.outbytes += length
+                svc = dest.svc
+                svc.outpkts += 1
+                svc.outbytes += length
+                tot = self._total
+                tot.outpkts += 1
+                tot.outbytes += length
+            pp.transition(cp, _DIR_OUTPUT, pkt)
+            self._wheel.arm(cp, now + cp.timeout)
+            return
+        dest = cp.dest
+        if (
+            self._director_off
+            or self._sync_master
+            or cp.expires <= now
+            or pkt.tcp_flags & _TH_SYN
+            or pp is self._sctp
+            or dest is None
+            or not dest.flags & IP_VS_DEST_F_AVAILABLE
+            or cp.flags & _SLOW_PATH_FLAGS
+            or pp.conns.get(cp.key) is not cp
+        ):
+            self.receive_packet(pkt, now=now)
+            return
+        # receive_packet from "ip_vs_in_stats" on, for an entry it found.
+        length = pkt.length
+        dest.inpkts += 1
+        dest.inbytes += length
+        svc = dest.svc
+        svc.inpkts += 1
+        svc.inbytes += length
+        tot = self._total
+        tot.inpkts += 1
+        tot.inbytes += length
+        pp.transition(cp, _DIR_INPUT, pkt)
+        if cp.flags & _SLOW_PATH_FLAGS:
+            self._after_input(cp, now)
+            return
+        cp.in_pkts += 1
+        exp = cp.expires = now + cp.timeout
+        tb = cp.tb
+        if tb is None or tb.start > exp:
+            self._wheel.file(cp)
+
     def _count_conn(self, dest: Dest, svc: Service) -> None:
         """`ip_vs_conn_stats`: a new connection, counted only while the dest is available."""
         if dest.flags & IP_VS_DEST_F_AVAILABLE:

@@ -30,7 +30,7 @@ import enum
 import random
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Final, Protocol
 
 from hactl.ipvs import proto as P
 from hactl.ipvs.engine import DIR_IN, DIR_OUT, Action, EngineOptions, IpvsEngine, PacketInfo
@@ -185,6 +185,36 @@ _UDP_PACKETS: dict[str, tuple[tuple[int, int], ...]] = {
 }
 
 
+_Plan = dict[str, tuple[tuple[int, int], ...]]  # event name -> its packets, only if any
+_Head = tuple[int, int, IPAddress, int, IPAddress, int]  # the fixed fields of a flow's packets
+
+
+def _packet_plan(packets: _Plan, *, input_only: bool) -> _Plan:
+    """The events that feed packets, for NAT flows or (input_only) DR/TUN flows."""
+    plan = {}
+    for name, pkts in packets.items():
+        kept = tuple(p for p in pkts if not (input_only and p[0] == DIR_OUT))
+        if kept:
+            plan[name] = kept
+    return plan
+
+
+# (protocol is TCP, forwarded as NAT) -> the plan a flow keeps for its whole life, so an event
+# costs one lookup: no per-event test of the protocol or the forwarding method.
+_PLANS: dict[tuple[bool, bool], _Plan] = {
+    (tcp, masq): _packet_plan(_TCP_PACKETS if tcp else _UDP_PACKETS, input_only=not masq)
+    for tcp in (True, False)
+    for masq in (True, False)
+}
+_CLOSED: Final = FlowEvent.CLOSED  # a module global reads faster than an enum member
+_CHUNK: Final = P.SCTP_CHUNK_DATA  # PacketInfo's default sctp_chunk
+# Packets and flows are built per socket event, so they are built the cheap way: a named
+# tuple from a plain tuple (keyword construction costs about four times as much), and a Flow
+# without its keyword-only __init__ (a dict of keywords per call; it only stores the fields).
+_new_tuple = tuple.__new__
+_new_object = object.__new__
+
+
 class EngineFlowTable:
     """`FlowTable` over the embedded engine: flow events become the packets of spec §9.2.
 
@@ -206,7 +236,9 @@ class EngineFlowTable:
 
     def __init__(self, engine: IpvsEngine) -> None:
         self.engine = engine
-        self._flows: dict[object, Flow] = {}  # engine conn handle -> live flow
+        # engine conn handle -> (live flow, its packet plan, the packet head: family,
+        # protocol, client address and port, virtual address and port)
+        self._flows: dict[object, tuple[Flow, _Plan, _Head]] = {}
         self._closed: list[ClosedFlow] = []
         self._other_events: list[IpvsEvent] = []
 
@@ -238,65 +270,44 @@ class EngineFlowTable:
         if vaddr is None:
             return None
         protocol = service.protocol
+        tcp = protocol == IpProto.TCP
+        head: _Head = (service.family, int(protocol), client[0], client[1], vaddr, service.port)
         verdict = self.engine.receive_packet(
-            PacketInfo(
-                family=service.family,
-                protocol=int(protocol),
-                saddr=client[0],
-                sport=client[1],
-                daddr=vaddr,
-                dport=service.port,
-                direction=DIR_IN,
-                tcp_flags=P.TH_SYN if protocol == IpProto.TCP else 0,
-                length=nbytes,
-            ),
+            _new_tuple(PacketInfo, (*head, DIR_IN, P.TH_SYN if tcp else 0, _CHUNK, nbytes, 0)),
             now=now,
         )
-        if verdict.action != Action.FORWARD or verdict.conn is None or verdict.daddr is None:
+        conn = verdict.conn
+        daddr = verdict.daddr
+        if verdict.action != Action.FORWARD or conn is None or daddr is None:
             return None
-        flow = Flow(
-            service=service,
-            protocol=protocol,
-            client=client,
-            vip=(vaddr, service.port),
-            dest=(verdict.daddr, verdict.dport or service.port),
-            fwd=verdict.fwd,
-            handle=verdict.conn,
-        )
-        self._flows[verdict.conn] = flow
+        fwd = verdict.fwd
+        flow = _new_object(Flow)
+        flow.service = service
+        flow.protocol = protocol
+        flow.client = client
+        flow.vip = (vaddr, service.port)
+        flow.dest = (daddr, verdict.dport or service.port)
+        flow.fwd = fwd
+        flow.handle = conn
+        self._flows[conn] = (flow, _PLANS[tcp, fwd == FwdMethod.MASQ], head)
         return flow
 
     def flow_event(self, flow: Flow, event: FlowEvent, nbytes: int = 0, *, now: float) -> None:
-        handle = flow.handle
-        if self._flows.get(handle) is not flow:
+        live = self._flows.get(flow.handle)
+        if live is None or live[0] is not flow:
             return  # ended by the engine (or closed already): ignored, as the port requires
-        if event is FlowEvent.CLOSED:
-            del self._flows[handle]
-            return
-        table = _TCP_PACKETS if flow.protocol == IpProto.TCP else _UDP_PACKETS
-        packets = table.get(event._name_, ())
-        if not packets:
-            return
-        service = flow.service
-        caddr, cport = flow.client
-        vaddr, vport = flow.vip
-        input_only = flow.fwd != FwdMethod.MASQ
-        receive = self.engine.receive_packet
-        for direction, flags in packets:
-            if direction == DIR_OUT and input_only:
-                continue
+        packets = live[1].get(event._name_)
+        if packets is None:
+            if event is _CLOSED:
+                del self._flows[flow.handle]
+            return  # no packet for this event (ACCEPTED, CLOSED, TCP events of a UDP flow)
+        fam, pro, ca, cp, va, vp = live[2]
+        handle = flow.handle  # this table's engine entry (see open_flow)
+        receive = self.engine.receive_conn_packet
+        for d, fl in packets:
             receive(
-                PacketInfo(
-                    family=service.family,
-                    protocol=int(flow.protocol),
-                    saddr=caddr,
-                    sport=cport,
-                    daddr=vaddr,
-                    dport=vport,
-                    direction=direction,
-                    tcp_flags=flags,
-                    length=nbytes,
-                ),
+                handle,  # type: ignore[arg-type]
+                _new_tuple(PacketInfo, (fam, pro, ca, cp, va, vp, d, fl, _CHUNK, nbytes, 0)),
                 now=now,
             )
         # Engine events are collected when they are asked for (pop_closed_flows, on the data
@@ -305,9 +316,9 @@ class EngineFlowTable:
     def _drain(self) -> None:
         for event in self.engine.pop_events():
             if isinstance(event, ConnExpired):
-                flow = self._flows.pop(event.handle, None)
-                if flow is not None:
-                    self._closed.append(ClosedFlow(flow, _REASONS[event.reason]))
+                live = self._flows.pop(event.handle, None)
+                if live is not None:
+                    self._closed.append(ClosedFlow(live[0], _REASONS[event.reason]))
             else:
                 self._other_events.append(event)
 

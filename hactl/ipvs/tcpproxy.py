@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import _socket
 import asyncio
-import collections
 import contextlib
 import enum
 import errno
@@ -155,6 +154,19 @@ class OutcomeLog:
         else:
             self._logger.warning(name, **context)
 
+    def quiet(self, outcome: Outcome, source: FlowOwner) -> None:
+        """`self(outcome, source)`, for outcomes of every connection (the half-closes).
+
+        The same count and budget; the usual case, a budget already spent in this second,
+        costs no context dict (a call of `self` builds one for its keywords).
+        """
+        window = self._window.get(outcome)
+        if window is not None and window[1] >= self.burst and time.monotonic() - window[0] < 1.0:
+            self.counts[outcome] += 1
+            window[2] += 1
+            return
+        self(outcome, source)
+
 
 @dataclass(slots=True)
 class Counters:
@@ -197,17 +209,24 @@ class KeepaliveSettings:
                 continue
         return cls(**values)  # type: ignore[arg-type]
 
+    def options(self, system: KeepaliveSettings) -> tuple[tuple[int, int, int], ...]:
+        """(level, option, value) of SO_KEEPALIVE and of every value that differs from the
+        system's; nothing when disabled."""
+        if not self.enabled:
+            return ()
+        opts = [(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)]
+        if self.time != system.time:
+            opts.append((socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, self.time))
+        if self.interval != system.interval:
+            opts.append((socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, self.interval))
+        if self.probes != system.probes:
+            opts.append((socket.IPPROTO_TCP, socket.TCP_KEEPCNT, self.probes))
+        return tuple(opts)
+
     def apply(self, sock: _socket.socket, system: KeepaliveSettings) -> None:
         """Set SO_KEEPALIVE and every value that differs from the system's."""
-        if not self.enabled:
-            return
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
-        if self.time != system.time:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, self.time)
-        if self.interval != system.interval:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, self.interval)
-        if self.probes != system.probes:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, self.probes)
+        for level, option, value in self.options(system):
+            sock.setsockopt(level, option, value)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -326,6 +345,11 @@ class ProxyContext:
         self.counters = Counters()
         self.keepalive = keepalive
         self.system_keepalive = system_keepalive
+        # Set on every socket towards a real server (the client leg inherits the listener's).
+        self.server_options: tuple[tuple[int, int, int], ...] = (
+            (socket.IPPROTO_TCP, socket.TCP_NODELAY, 1),
+            *keepalive.options(system_keepalive),
+        )
         self.splice_pool = splice_pool
         self.max_connections = max_connections
         self.connect_timeout = connect_timeout
@@ -336,18 +360,33 @@ class ProxyContext:
         self.connections: dict[Flow, FlowOwner] = {}
         self.buf = bytearray(BUFFER_SIZE)
         self.mv = memoryview(self.buf)
-        self.connecting: collections.deque[tuple[float, TcpConnection]] = collections.deque()
+        # Connections waiting for their real server, with their deadlines, in insertion
+        # order; a connection leaves as soon as its connect ends, so a closed connection is
+        # not kept alive until its deadline.
+        self.connecting: dict[TcpConnection, float] = {}
         self.unreported: list[Reporter] = []
-        self.sockaddrs: dict[tuple[IPAddress, int], tuple[str, int]] = {}
+        # (id of the address object, port) -> (that object, family, sockaddr). Keyed by
+        # identity: hashing an ipaddress object runs Python code, and the table hands out the
+        # same address object for every flow to a destination. The entry holds the object,
+        # so its id cannot be reused while the entry exists.
+        self.targets: dict[tuple[int, int], tuple[IPAddress, int, tuple[str, int]]] = {}
         self.poller = Poller(loop)
+        self.log_quiet = log.quiet
+
+    def target(self, dest: tuple[IPAddress, int]) -> tuple[int, tuple[str, int]]:
+        """The address family and the connect() address of a flow's destination."""
+        addr, port = dest
+        found = self.targets.get((id(addr), port))
+        if found is None or found[0] is not addr:
+            if len(self.targets) > 4096:
+                self.targets.clear()
+            family = socket.AF_INET if addr.version == 4 else socket.AF_INET6
+            found = self.targets[id(addr), port] = (addr, family, _sockaddr(dest))
+        return found[1], found[2]
 
     def sockaddr(self, dest: tuple[IPAddress, int]) -> tuple[str, int]:
-        found = self.sockaddrs.get(dest)
-        if found is None:
-            if len(self.sockaddrs) > 4096:
-                self.sockaddrs.clear()
-            found = self.sockaddrs[dest] = _sockaddr(dest)
-        return found
+        """The connect() address of a flow's destination (cached)."""
+        return self.target(dest)[1]
 
     def report_unreported(self, now: float) -> None:
         """Tick: report the data of directions that went quiet while holding bytes."""
@@ -360,12 +399,18 @@ class ProxyContext:
 
     def expire_connects(self, now: float) -> None:
         """Abort connections still connecting whose deadline has passed (checked on ticks)."""
-        # Deadlines are appended in time order per timeout value; a per-service timeout can
+        # Deadlines are inserted in time order per timeout value; a per-service timeout can
         # put a later deadline before an earlier one, which only delays that abort to a tick.
-        queue = self.connecting
-        while queue and queue[0][0] <= now:
-            _, conn = queue.popleft()
-            if conn.state is _State.CONNECTING:
+        # One pass over the front of the dict (each `next(iter())` would rescan the slots of
+        # entries already removed).
+        due = []
+        for conn, deadline in self.connecting.items():
+            if deadline > now:
+                break
+            due.append(conn)
+        for conn in due:
+            del self.connecting[conn]
+            if conn.state is _CONNECTING:
                 conn.connect_timed_out(now)
 
 
@@ -375,10 +420,28 @@ class _State(enum.Enum):
     CLOSED = 3
 
 
+# Module globals read faster than enum members (a class attribute through the enum's
+# metaclass), and the hot path tests states and names events several times per connection.
+_CONNECTING: Final = _State.CONNECTING
+_OPEN: Final = _State.OPEN
+_CLOSED: Final = _State.CLOSED
+_ACCEPTED: Final = FlowEvent.ACCEPTED
+_BACKEND_ESTABLISHED: Final = FlowEvent.BACKEND_ESTABLISHED
+_FLOW_CLOSED: Final = FlowEvent.CLOSED
+_CLIENT_DATA: Final = FlowEvent.CLIENT_DATA
+_SERVER_DATA: Final = FlowEvent.SERVER_DATA
+_CLIENT_FIN: Final = FlowEvent.CLIENT_FIN
+_SERVER_FIN: Final = FlowEvent.SERVER_FIN
+_CLIENT_HALF_CLOSE: Final = Outcome.CLIENT_HALF_CLOSE
+_SERVER_HALF_CLOSE: Final = Outcome.SERVER_HALF_CLOSE
+
+
 _EV_IN: Final = select.EPOLLIN | select.EPOLLRDHUP | select.EPOLLHUP | select.EPOLLERR
 _EV_OUT: Final = select.EPOLLOUT
 _EV_HANGUP: Final = select.EPOLLRDHUP | select.EPOLLHUP | select.EPOLLERR
 _EV_ANY: Final = _EV_IN | _EV_OUT
+_STREAM_NONBLOCK: Final = socket.SOCK_STREAM | socket.SOCK_NONBLOCK
+_EINPROGRESS: Final = errno.EINPROGRESS
 _REGISTER: Final = select.EPOLLIN | select.EPOLLOUT | select.EPOLLRDHUP | select.EPOLLET
 # A socket whose reader is stalled by backpressure: output edges only (errors and hangups
 # are always reported), so data arriving meanwhile wakes nobody.
@@ -449,7 +512,7 @@ class Poller:
         self._ready_armed = False
         ready, self._ready = self._ready, []
         for pump in ready:
-            if pump.reading and pump.conn.state is _State.OPEN:
+            if pump.reading and pump.conn.state is _OPEN:
                 pump.on_readable()
 
     def _on_events(self) -> None:
@@ -494,16 +557,29 @@ class _Pump:
         "up",
     )
 
-    def __init__(self, conn: TcpConnection, src: _socket.socket, dst: _socket.socket, up: bool):
+    def __init__(
+        self,
+        conn: TcpConnection,
+        ctx: ProxyContext,
+        src: _socket.socket,
+        dst: _socket.socket,
+        sfd: int,
+        dfd: int,
+        up: bool,
+    ):
         self.conn = conn
-        self.ctx = conn.ctx
+        self.ctx = ctx
         self.src = src
         self.dst = dst
-        self.sfd = src.fileno()
-        self.dfd = dst.fileno()
+        self.sfd = sfd
+        self.dfd = dfd
         self.up = up
-        self.data_event = FlowEvent.CLIENT_DATA if up else FlowEvent.SERVER_DATA
-        self.fin_event = FlowEvent.CLIENT_FIN if up else FlowEvent.SERVER_FIN
+        if up:
+            self.data_event = _CLIENT_DATA
+            self.fin_event = _CLIENT_FIN
+        else:
+            self.data_event = _SERVER_DATA
+            self.fin_event = _SERVER_FIN
         self.pending: bytes | None = None
         self.pipe: tuple[int, int] | None = None
         self.piped = 0
@@ -517,7 +593,7 @@ class _Pump:
         self.queued = False
         # The first data report waits for the next tick: a short connection's bytes then ride
         # on its FINs instead of costing the table extra packets.
-        self.next_epoch = self.ctx.epoch + 1
+        self.next_epoch = ctx.epoch + 1
 
     # -- accounting ---------------------------------------------------------------------
     def _account(self, n: int) -> None:
@@ -542,7 +618,7 @@ class _Pump:
 
     def report_due(self, now: float) -> bool:
         """Tick: report held bytes once the interval has passed; True = still holding."""
-        if not self.unreported or self.conn.state is _State.CLOSED:
+        if not self.unreported or self.conn.state is _CLOSED:
             return False
         ctx = self.ctx
         if ctx.epoch < self.next_epoch:
@@ -559,10 +635,10 @@ class _Pump:
             self.unreported = 0
 
     # -- readiness ------------------------------------------------------------------------
-    def on_readable(self, hangup: bool = True) -> None:
+    def on_readable(self, hangup: int = _EV_HANGUP) -> None:
         """Drain `src` (edge-triggered) until EAGAIN, EOF, backpressure or the budget.
 
-        `hangup` False says the readiness edge carried no RDHUP/HUP/ERR: then a short read
+        `hangup` 0 says the readiness edge carried no RDHUP/HUP/ERR bit: then a short read
         means the socket is drained (data arriving later raises a new edge) and the extra
         recv that would only say EAGAIN is skipped. Otherwise a FIN may wait behind the
         data of the same edge, and the pump reads on until EOF or EAGAIN.
@@ -697,8 +773,8 @@ class _Pump:
         # The bytes not yet reported ride on the FIN, as they would in the FIN's segment.
         ctx.table.flow_event(conn.flow, self.fin_event, self.unreported, now=now)
         self.unreported = 0
-        ctx.log(Outcome.CLIENT_HALF_CLOSE if self.up else Outcome.SERVER_HALF_CLOSE, conn)
-        if not self.holding:
+        ctx.log_quiet(_CLIENT_HALF_CLOSE if self.up else _SERVER_HALF_CLOSE, conn)
+        if self.pending is None and self.pipe is None:  # (not `holding`: a call less)
             self.shutdown_destination()
 
     def shutdown_destination(self) -> None:
@@ -736,26 +812,28 @@ class TcpConnection:
         "opts",
         "server",
         "state",
+        "target",
         "up",
     )
 
     def __init__(
-        self, ctx: ProxyContext, flow: Flow, client: _socket.socket, opts: ServiceOptions
+        self, ctx: ProxyContext, flow: Flow, client: _socket.socket, cfd: int, opts: ServiceOptions
     ) -> None:
         self.ctx = ctx
         self.flow = flow
         self.client = client
-        self.cfd = client.fileno()
+        self.cfd = cfd
         self.opts = opts
-        self.state = _State.CONNECTING
+        self.state = _CONNECTING
         self.early = 0  # readiness seen on the client socket while connecting
-        family = socket.AF_INET if flow.dest[0].version == 4 else socket.AF_INET6
+        family, self.target = ctx.target(flow.dest)
         # The C socket type, not socket.socket: proxied sockets need none of the Python
         # wrapper (makefile, dup, ResourceWarning), and skipping its __init__/close is
         # measurable per connection.
-        self.server = _socket.socket(family, socket.SOCK_STREAM | socket.SOCK_NONBLOCK)
-        self.up = _Pump(self, client, self.server, True)
-        self.down = _Pump(self, self.server, client, False)
+        self.server = server = _socket.socket(family, _STREAM_NONBLOCK)
+        sfd = server.fileno()
+        self.up = _Pump(self, ctx, client, server, cfd, sfd, True)
+        self.down = _Pump(self, ctx, server, client, sfd, cfd, False)
 
     def log_context(self) -> dict[str, object]:
         flow = self.flow
@@ -768,21 +846,28 @@ class TcpConnection:
     def on_event(self, fd: int, events: int) -> None:
         """Readiness edges of either socket, from the `Poller`."""
         if fd == self.cfd:
-            if self.state is not _State.OPEN:
+            if self.state is not _OPEN:
                 self.early |= events  # the client is read once the real server has accepted
                 return
             if events & _EV_IN:
-                self.up.on_readable(bool(events & _EV_HANGUP))
-            if events & _EV_OUT and self.state is _State.OPEN:
-                self.down.on_writable()
+                self.up.on_readable(events & _EV_HANGUP)
+            # (most output edges find nothing held: the call is skipped then)
+            down = self.down
+            if (
+                events & _EV_OUT
+                and self.state is _OPEN
+                and (down.pending is not None or down.pipe is not None)
+            ):
+                down.on_writable()
             return
-        if self.state is _State.CONNECTING:
+        if self.state is _CONNECTING:
             self._on_connect_ready(events)  # output edge, or error/hangup: connect failed
             return
-        if events & _EV_OUT:
-            self.up.on_writable()
-        if events & _EV_IN and self.state is _State.OPEN:
-            self.down.on_readable(bool(events & _EV_HANGUP))
+        up = self.up
+        if events & _EV_OUT and (up.pending is not None or up.pipe is not None):
+            up.on_writable()
+        if events & _EV_IN and self.state is _OPEN:
+            self.down.on_readable(events & _EV_HANGUP)
 
     # -- connecting ---------------------------------------------------------------------
     def connect(self, now: float) -> None:
@@ -791,16 +876,15 @@ class TcpConnection:
         server = self.server
         poller = ctx.poller
         try:
-            server.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            ctx.keepalive.apply(server, ctx.system_keepalive)
+            for level, option, value in ctx.server_options:
+                server.setsockopt(level, option, value)
             poller.register(self.cfd, self)
             poller.register(self.down.sfd, self)
-            err = server.connect_ex(ctx.sockaddr(self.flow.dest))
+            err = server.connect_ex(self.target)
         except OSError as exc:
             err = exc.errno or errno.EINVAL
-        if err == errno.EINPROGRESS:
-            timeout = self.opts.connect_timeout or ctx.connect_timeout
-            ctx.connecting.append((now + timeout, self))
+        if err == _EINPROGRESS:
+            ctx.connecting[self] = now + (self.opts.connect_timeout or ctx.connect_timeout)
         elif err == 0:
             self.early = _EV_IN  # connected at once: read both sides until EAGAIN
             self._established(now)
@@ -817,10 +901,11 @@ class TcpConnection:
 
     def _established(self, now: float, server_events: int = _EV_IN) -> None:
         ctx = self.ctx
-        self.state = _State.OPEN
+        self.state = _OPEN
+        ctx.connecting.pop(self, None)
         ctx.counters.established += 1
         flow = self.flow
-        ctx.table.flow_event(flow, FlowEvent.BACKEND_ESTABLISHED, now=now)
+        ctx.table.flow_event(flow, _BACKEND_ESTABLISHED, now=now)
         up, down = self.up, self.down
         if self.opts.proxy_protocol == 2:
             header = proxy_v2_header(flow.protocol, flow.client, flow.vip)
@@ -840,12 +925,12 @@ class TcpConnection:
         # request usually came while connecting).
         down.reading = True
         if server_events & _EV_IN:
-            down.on_readable(bool(server_events & _EV_HANGUP))
-        if self.state is _State.OPEN and up.pending is None:
+            down.on_readable(server_events & _EV_HANGUP)
+        if self.state is _OPEN and up.pending is None:
             up.reading = True
             early = self.early
             if early & _EV_IN:
-                up.on_readable(bool(early & _EV_HANGUP))
+                up.on_readable(early & _EV_HANGUP)
 
     def _connect_failed(self, err: int, now: float) -> None:
         ctx = self.ctx
@@ -881,13 +966,13 @@ class TcpConnection:
 
     def maybe_finish(self) -> None:
         """Close once both directions have carried their FIN."""
-        if self.up.shut and self.down.shut and self.state is _State.OPEN:
+        if self.up.shut and self.down.shut and self.state is _OPEN:
             self.ctx.counters.completed += 1
             self._close(reset_client=False, reset_server=False, now=self.ctx.loop.time())
 
     def close_by_table(self, reason: str) -> None:
         """The table ended the flow (expiry, destination removed): reset both sides."""
-        if self.state is _State.CLOSED:
+        if self.state is _CLOSED:
             return
         self.ctx.log(Outcome.CLOSED_BY_TABLE, self, reason=reason)
         self._close(reset_client=True, reset_server=True, now=self.ctx.loop.time())
@@ -897,14 +982,19 @@ class TcpConnection:
         self._close(reset_client=True, reset_server=True, now=self.ctx.loop.time())
 
     def _close(self, *, reset_client: bool, reset_server: bool, now: float) -> None:
-        if self.state is _State.CLOSED:
+        state = self.state
+        if state is _CLOSED:
             return
-        self.state = _State.CLOSED
+        self.state = _CLOSED
         ctx = self.ctx
+        if state is _CONNECTING:
+            ctx.connecting.pop(self, None)
         up, down = self.up, self.down
         up.reading = down.reading = False
-        up.release_pipe()
-        down.release_pipe()
+        if up.pipe is not None or up.pending is not None:
+            up.release_pipe()
+        if down.pipe is not None or down.pending is not None:
+            down.release_pipe()
         poller = ctx.poller
         poller.forget(self.cfd)
         poller.forget(down.sfd)
@@ -916,10 +1006,22 @@ class TcpConnection:
             _reset_close(self.server)
         else:
             self.server.close()
-        up.flush_report(now)
-        down.flush_report(now)
-        ctx.table.flow_event(self.flow, FlowEvent.CLOSED, now=now)
+        if up.unreported:
+            up.flush_report(now)
+        if down.unreported:
+            down.flush_report(now)
+        ctx.table.flow_event(self.flow, _FLOW_CLOSED, now=now)
         ctx.connections.pop(self.flow, None)
+        # Each pump refers back to its connection: break that cycle, so reference counting
+        # frees the connection now rather than the cyclic collector later (a pump still on
+        # a ready or unreported list is not reading and holds nothing to report).
+        up.conn = down.conn = _DETACHED
+
+
+# What a pump of a closed connection refers to instead (see `TcpConnection._close`): a
+# connection in no registry, whose only attribute is its state, CLOSED.
+_DETACHED: Final = object.__new__(TcpConnection)
+_DETACHED.state = _CLOSED
 
 
 class TcpListener:
@@ -1016,11 +1118,11 @@ class TcpListener:
                     client=f"{addr[0]}:{addr[1]}",
                 )
                 continue
-            table.flow_event(flow, FlowEvent.ACCEPTED, now=now)
+            table.flow_event(flow, _ACCEPTED, now=now)
             try:
-                conn = TcpConnection(ctx, flow, client, self.options)
+                conn = TcpConnection(ctx, flow, client, fd, self.options)
             except OSError as exc:  # no socket for the real server (EMFILE...)
-                table.flow_event(flow, FlowEvent.CLOSED, now=now)
+                table.flow_event(flow, _FLOW_CLOSED, now=now)
                 _reset_close(client)
                 ctx.log(
                     Outcome.CONNECT_FAILED,

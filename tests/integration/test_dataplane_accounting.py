@@ -6,6 +6,7 @@ Loopback, against the production adapter (`EngineFlowTable`) over the real engin
 from __future__ import annotations
 
 import asyncio
+import gc
 from ipaddress import IPv4Address, IPv6Address
 
 import pytest
@@ -13,6 +14,7 @@ from structlog.testing import capture_logs
 
 from hactl.ipvs.dataplane import DataPlane, DataPlaneSettings
 from hactl.ipvs.model import FwdMethod, IpProto, ServiceKey, Stats, VirtualService
+from hactl.ipvs.tcpproxy import Outcome, OutcomeLog, TcpConnection
 from tests.shell.ipvs.dataplane_support import (
     Clients,
     connect_and_read,
@@ -151,3 +153,73 @@ async def test_busy_port_is_reported_and_retried_on_next_apply() -> None:
     finally:
         blocker.close()
         plane.close()
+
+
+async def test_closed_connections_are_freed_at_once_and_leave_no_connect_deadline() -> None:
+    """A closed connection is freed by reference counting, not left for the cyclic
+    collector (with it disabled, no proxied connection object survives its close), and a
+    connection that reached its real server no longer waits in the connect-timeout queue."""
+    (a,) = await start_servers(["a"])
+    plane, _, svc = serving_plane("engine", [(a.port, 1)])
+    vport = svc.key.port
+    gc.collect()
+    gc.disable()
+    try:
+        plane.apply([svc])
+
+        def alive() -> int:
+            return sum(isinstance(o, TcpConnection) for o in gc.get_objects())
+
+        before = alive()
+        held = []
+        for _ in range(3):  # open ones: established, so out of the connect queue
+            reader, writer = await asyncio.open_connection("127.0.0.1", vport)
+            writer.write(b"NAME\n")
+            assert await reader.readline() == b"a\n"
+            held.append(writer)
+        assert not plane._ctx.connecting  # white box: the queue of connects in progress
+        for _ in range(40):
+            reader, writer = await asyncio.open_connection("127.0.0.1", vport)
+            writer.write(b"NAME\n")
+            assert await reader.readline() == b"a\n"
+            writer.write_eof()  # the server closes on EOF: a FIN each way, then close
+            await reader.read()  # the rest of its answer, up to its FIN
+            assert reader.at_eof()
+            writer.close()
+        await until(lambda: plane.stats().completed == 40)
+        assert alive() == before + 3  # the held ones only
+        for writer in held:
+            writer.close()
+        await until(lambda: plane.stats().active == 0)
+        assert alive() == before
+    finally:
+        gc.enable()
+        plane.close()
+        await a.stop()
+
+
+async def test_quiet_outcomes_count_every_event_and_log_within_the_budget() -> None:
+    """`OutcomeLog.quiet` (the half-closes of every connection) counts each event and logs
+    as a call of the log does: `burst` lines per second, then one carrying `suppressed`."""
+
+    class Source:
+        def log_context(self) -> dict[str, object]:
+            return {"vs": "v", "rs": "r", "client": "c"}
+
+    lines: list[tuple[str, dict[str, object]]] = []
+
+    class Logger:
+        def debug(self, name: str, **context: object) -> None:
+            lines.append((name, context))
+
+    log = OutcomeLog(Logger(), burst=10)
+    for _ in range(25):
+        log.quiet(Outcome.CLIENT_HALF_CLOSE, Source())  # type: ignore[arg-type]
+    assert log.counts[Outcome.CLIENT_HALF_CLOSE] == 25
+    assert len(lines) == 10
+    assert lines[0] == ("dataplane.client_half_close", {"vs": "v", "rs": "r", "client": "c"})
+    await asyncio.sleep(1.05)  # the next second's budget
+    log.quiet(Outcome.CLIENT_HALF_CLOSE, Source())  # type: ignore[arg-type]
+    assert log.counts[Outcome.CLIENT_HALF_CLOSE] == 26
+    assert lines[-1][1]["suppressed"] == 15
+    assert len(lines) == 11

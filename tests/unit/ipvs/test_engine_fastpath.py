@@ -503,3 +503,80 @@ def test_least_family_flood_matches_general_path(sched: str) -> None:
             pair.check(now)
         now += 0.5
     pair.check(now)
+
+
+class ConnPacketPair(Pair):
+    """The data plane's per-event entry against `receive_packet`: the first engine gets every
+    packet of a tuple it has seen an entry for through `receive_conn_packet`, the second
+    through `receive_packet`. Both take the fast path for new flows. Every third packet goes
+    with the tuple's previous entry when there is one: the adapter still holds a flow's entry
+    after the engine ended it (expired, replaced by port reuse, its dest removed) until its
+    next tick, and the late events of that flow must do what `receive_packet` does."""
+
+    def __init__(self, sched: str) -> None:
+        super().__init__(sched)
+        self.engines = [
+            IpvsEngine(rng=random.Random(3), options=EngineOptions(report_expiry=True))
+            for _ in range(2)
+        ]
+        for engine in self.engines:
+            for svc in self.services.values():
+                engine.add_service(svc, now=0.0)
+        self.handles: dict[tuple[Any, ...], list[Conn]] = {}
+        self.fed = 0  # packets that went through receive_conn_packet
+        self.stale = 0  # ... with an entry no longer in the table
+
+    def receive(self, pkt: PacketInfo, now: float) -> None:
+        tup = (pkt.protocol, pkt.saddr, pkt.sport, pkt.daddr, pkt.dport)
+        conn_path, general = self.engines
+        expected = general.receive_packet(pkt, now=now)
+        seen = self.handles.setdefault(tup, [])
+        if not seen:
+            got = conn_path.receive_packet(pkt, now=now)
+            assert _verdict(got) == _verdict(expected), pkt
+        else:
+            handle = seen[-2] if len(seen) > 1 and self.fed % 3 == 0 else seen[-1]
+            self.stale += not handle.alive
+            conn_path.receive_conn_packet(handle, pkt, now=now)
+            self.fed += 1
+        current = conn_path.find_conn(pkt.protocol, pkt.saddr, pkt.sport, pkt.daddr, pkt.dport)
+        if current is not None and (not seen or seen[-1] is not current):
+            seen.append(current)
+
+
+@settings(max_examples=150, deadline=None)
+@given(setup=_setup, actions=_actions, sched=st.sampled_from(SCHEDULERS))
+def test_conn_packets_match_receive_packet(
+    setup: tuple[list[tuple[Any, ...]], ...], actions: list[tuple[Any, ...]], sched: str
+) -> None:
+    pair = ConnPacketPair(sched)
+    now = _play(pair, [*setup[0], *setup[1], *setup[2], *setup[3], *actions])
+    for _ in range(4):
+        now += 600.0
+        pair.timer(now)
+        pair.check(now)
+
+
+def test_conn_packets_of_proxied_flows_match_receive_packet() -> None:
+    """The data plane's sequence per connection (SYN; SYN-ACK and ACK; data; both FINs; a
+    reset now and then), for NAT and DR destinations, through expiry and port reuse."""
+    pair = ConnPacketPair("wlc")
+    now = _apply_config(pair, ("fwd", TCP81, 2, FwdMethod.DROUTE), 0.0)
+    for i in range(300):
+        for target in (TCP80, TCP81, TCP6, UDP53):
+            sport = 1000 + i % 10  # ports come back while their entries still live
+            seq: list[tuple[int, bool]] = [(SYN, False), (SYNACK, True), (ACK, False),
+                                           (ACK, False), (ACK, True)]
+            seq += [(RST, i % 2 == 0)] if i % 7 == 0 else [(FIN | ACK, True), (FIN | ACK, False)]
+            for flags, reply in seq:
+                pair.receive(_packet_info(("pkt", target, i % 2, sport, flags, reply, 0, 90)),
+                             now)
+            now += 0.3
+        if i % 25 == 0:
+            now = _apply_config(pair, ("time", 40.0), now)
+        if i == 150:
+            now = _apply_config(pair, ("weight", TCP80, 1, 0), now)
+            now = _apply_config(pair, ("sysctl", ("expire_nodest_conn", 1)), now)
+            now = _apply_config(pair, ("del", TCP80, 2), now)
+        pair.check(now)
+    assert pair.fed > 3000 and pair.stale > 300  # both kinds of entry were really used
