@@ -89,6 +89,8 @@ class _Ctx:
     # read, by (words, that number) (`_build_real_server`).
     checker_keys: dict[tuple[Any, ...], int] = field(default_factory=dict)
     real_servers: dict[tuple[Any, ...], _RsTemplate] = field(default_factory=dict)
+    # Virtual server blocks read, by their words (`_vs_values`).
+    virtual_servers: dict[tuple[Any, ...], _VsTemplate] = field(default_factory=dict)
 
     def error(self, pos: SourcePos, message: str, *, code: str, hint: str = "") -> None:
         self.errors.append(ConfigValueError(message, pos, code=code, hint=hint))
@@ -1721,7 +1723,7 @@ def _vs_header(ctx: _Ctx, node: Node) -> dict[str, Any] | None:
 def _build_virtual_server(ctx: _Ctx, st: Node) -> m.VirtualServer | None:
     assert st.block is not None
     header = _vs_header(ctx, st)
-    values = _collect(ctx, st.block, kw.BLOCKS["virtual_server"], m.VirtualServer, where=st)
+    values = _vs_values(ctx, st.block, st)
     rs_stmts: list[Node] = values.pop("real_servers", [])
     flags = values.pop("sched_flags", None)
     if flags is not None:
@@ -1758,6 +1760,79 @@ def _build_virtual_server(ctx: _Ctx, st: Node) -> m.VirtualServer | None:
         **header,
         **values,
     )
+
+
+# What a virtual server block of `_Ctx.virtual_servers` gave: its values, the index of the
+# statement of each `real_servers` entry (in place of the statement), where its keywords are
+# (field, index of the statement), and the fields holding a `Forwarding` at its statement's
+# position (remade at the repeat's).
+_VsTemplate = tuple[dict[str, Any], tuple[tuple[str, int], ...], tuple[str, ...]]
+_VS_BLOCK = kw.BLOCKS["virtual_server"]
+_RS_MARK = ("real_server",)  # one element: never a leaf's (keyword, args)
+
+
+def _vs_content(block: Sequence[Node]) -> tuple[Any, ...] | None:
+    """A virtual server block's words, as a key of `_Ctx.virtual_servers`: its leaves' words
+    and the place of its real servers (whose blocks `_collect` does not read); None for any
+    other sub-block."""
+    content: list[Any] = []
+    for node in block:
+        keyword, args, inner = node[0], node[1], node[2]
+        if inner is None:
+            content.append((keyword, args))
+        elif keyword == "real_server":
+            content.append(_RS_MARK)  # its words are its own builder's (`_conv_custom`)
+        else:
+            return None
+    return tuple(content)
+
+
+def _vs_values(ctx: _Ctx, block: Sequence[Node], st: Node) -> _Values:
+    """`_collect` of a virtual server block, read once per distinct block.
+
+    A large file repeats the service keywords (`delay_loop 6`, `lb_kind DR` ...) under every
+    virtual server. A block of leaves and real servers whose reading found nothing to
+    report and gave plain data (and `Forwarding`s at their statement's position) is kept
+    with what it gave: its repeats take the values, with their own statements and
+    positions, and are not read again.
+    """
+    content = _vs_content(block)
+    if content is not None:
+        template = ctx.virtual_servers.get(content)
+        if template is not None:
+            own, where, forwarding = template
+            values = _Values(own)
+            values.bad = _NO_FIELDS
+            values.pos = {name: block[i] for name, i in where}
+            rs_at = own.get("real_servers")
+            if rs_at is not None:
+                values["real_servers"] = tuple([block[i] for i in rs_at])
+            for name in forwarding:
+                values[name] = _COPY[m.Forwarding](own[name], pos=node_pos(values.pos[name]))
+            return values
+    reported = len(ctx.errors) + len(ctx.warnings)
+    values = _collect(ctx, block, _VS_BLOCK, m.VirtualServer, where=st)
+    if content is None or len(ctx.errors) + len(ctx.warnings) != reported or values.bad:
+        return values
+    index_of = {id(node): i for i, node in enumerate(block)}
+    own = dict(values)
+    forwarded: list[str] = []
+    for name, value in values.items():
+        if name == "real_servers":
+            own[name] = tuple([index_of[id(node)] for node in value])
+        elif type(value) is m.Forwarding:
+            node = values.pos.get(name)
+            if node is None or value.pos != node_pos(node):
+                return values
+            forwarded.append(name)
+        elif type(value) not in _PLAIN_TYPES and not isinstance(value, enum.Enum):
+            return values
+    ctx.virtual_servers[content] = (
+        own,
+        tuple((name, index_of[id(node)]) for name, node in values.pos.items()),
+        tuple(forwarded),
+    )
+    return values
 
 
 def _implicit_vs_defaults(
@@ -1857,7 +1932,8 @@ def _rs_content(block: Sequence[Node]) -> tuple[Any, ...] | None:
     with the statements of its block; None for a block nested deeper (a checker's `url`)."""
     content: list[Any] = []
     for node in block:
-        keyword, args, inner = node[:3]
+        # Subscripts rather than an unpacked slice: no tuple made per statement.
+        keyword, args, inner = node[0], node[1], node[2]
         if inner is None:
             content.append((keyword, args))
             continue
@@ -1902,15 +1978,32 @@ def _build_real_server(ctx: _Ctx, st: Node, base: _RsBase) -> m.RealServer | Non
             address = header["address"]
             port = header.get("port")
             rs_key = (base.vs_key, address, port or 0)  # = RealServer.key
+            positions = {}
+            for name, i in where:
+                node = block[i]
+                src = node.src
+                if type(src) is str:
+                    # keyword_pos(node), inlined as in `_Values.positions`.
+                    column = src.find(node.keyword) + 1
+                    line = node.line
+                    positions[name] = _new_tuple(
+                        SourcePos, (node.path, line, column, line, column + len(node.keyword))
+                    )
+                else:
+                    positions[name] = keyword_pos(node)
             return _real_server(
                 base,
                 st,
                 header,
                 values,
-                {name: keyword_pos(block[i]) for name, i in where},
+                positions,
                 tuple(
-                    _COPY[type(proto)](proto, rs_key=rs_key, index=index, pos=node_pos(block[i]))
-                    for i, index, proto in made
+                    [
+                        _COPY[type(proto)](
+                            proto, rs_key=rs_key, index=index, pos=node_pos(block[i])
+                        )
+                        for i, index, proto in made
+                    ]
                 ),
             )
     reported = len(ctx.errors) + len(ctx.warnings)

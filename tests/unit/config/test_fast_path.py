@@ -147,6 +147,36 @@ LOAD_CASES = [
         + "}\n"
         for i, loop in enumerate(["6", "6", "7", "6.0", "6"])
     ),
+    # repeated virtual server blocks: the same, with a value holding its position (fast and
+    # word-based), a duplicate, flags, values that are not plain data, a real server on the
+    # braces' line; then with problems (where the model is not returned)
+    *(
+        "".join(
+            f"virtual_server 10.0.0.{i} 80 {{\n{body}\n real_server 10.0.1.1 80 {{\n  weight 1\n"
+            " }\n real_server 10.0.1.2 80 {\n }\n}\n"
+            for i, body in enumerate(2 * bodies)
+        )
+        for bodies in [
+            [
+                " delay_loop 6\n lb_algo wrr\n lb_kind DR\n protocol TCP",
+                " delay_loop 6\n lb_algo wrr\n lb_kind DR\n protocol TCP",
+                "  delay_loop 6\n\tlb_algo wrr\n lb_kind  DR \n protocol TCP",
+                " lvs_method TUN type gre csum\n protocol TCP",
+                " lb_kind DR\n delay_loop 6\n delay_loop 7\n protocol TCP",
+                " lb_kind DR\n protocol TCP\n lb_algo sh\n sh-port\n sh-fallback",
+                " lb_kind DR\n protocol TCP\n persistence_timeout 30\n virtualhost x",
+                " lb_kind DR\n protocol TCP\n quorum_up /bin/true\n hysteresis 1",
+                " lb_kind DR\n protocol TCP\n real_server 10.0.1.4 80 { weight 2 }",
+                " lb_kind DR\n protocol TCP\n lb_kind NAT",
+            ],
+            [
+                " lb_kind DR\n protocol TCP",
+                " lb_kind DR\n delay_loop 6x\n protocol TCP",
+                " lb_kind DR\n protocol TCP\n real_server 10.0.1.3 80",
+                " protocol TCP\n lb_kind DR\n no_such_keyword 1",
+            ],
+        ]
+    ),
     "global_defs {\n router_id a b\n vrrp_garp_master_delay x\n}\nvrrp_instance V {\n"
     " state MASTER\n interface eth0\n virtual_router_id 51\n priority 300\n"
     " virtual_ipaddress {\n  10.0.0.1/24 dev eth0\n }\n}\n",
@@ -237,6 +267,7 @@ def load_both_ways(load: Callable[[], config.Loaded]) -> None:
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(syntax, "_scan", lambda chunks, diagnostics: None)
         patch.setattr(build, "_checker_values", read_every_checker)
+        patch.setattr(build, "_vs_content", lambda block: None)  # every service block read
         reference = outcome(load)
     assert fast[0] == reference[0]
     assert fast[1:] == reference[1:]
