@@ -202,13 +202,7 @@ def _maker(cls: type) -> Callable[..., Any]:
     ):
         return cls
     twin = _twin(cls)
-    namespace: dict[str, Any] = {
-        "_new": object.__new__,
-        "_cls": cls,
-        "_twin": twin,
-        "_retype": object.__setattr__,
-        "_MISSING": _MISSING,
-    }
+    namespace = _generated_namespace(cls, twin)
     params: list[str] = []
     body = ["_self = _new(_cls)" if twin is None else "_self = _new(_twin)"]
     for i, f in enumerate(fields):
@@ -241,6 +235,17 @@ def _maker(cls: type) -> Callable[..., Any]:
     return made
 
 
+def _generated_namespace(cls: type, twin: type | None) -> dict[str, Any]:
+    """The globals of a generated constructor or copier of `cls` (see `_maker`)."""
+    return {
+        "_new": object.__new__,
+        "_cls": cls,
+        "_twin": twin,
+        "_retype": object.__setattr__,
+        "_MISSING": _MISSING,
+    }
+
+
 def _copier(cls: type) -> Callable[..., Any]:
     """`dataclasses.replace` for the frozen, slotted dataclass `cls`, without its `__init__`:
     `copy(made, **changes)` is an object equal to `made` but for `changes`, which name
@@ -257,13 +262,7 @@ def _copier(cls: type) -> Callable[..., Any]:
             return dataclasses.replace(made, **changes)
 
         return replace
-    namespace: dict[str, Any] = {
-        "_new": object.__new__,
-        "_cls": cls,
-        "_twin": twin,
-        "_retype": object.__setattr__,
-        "_MISSING": _MISSING,
-    }
+    namespace = _generated_namespace(cls, twin)
     # Keyword parameters, matched by the interpreter, rather than a dictionary of changes
     # walked with setattr: a few `is` tests cost less than a call per change.
     fields = dataclasses.fields(cls)
