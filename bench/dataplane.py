@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gc
 import ipaddress
 import os
 import re
@@ -124,7 +125,7 @@ def serve(port: int, backend: int, splice: bool, loop: str, pipe_size: int) -> N
     async def main() -> None:
         import structlog
 
-        from hactl.ipvs.dataplane import DataPlane, DataPlaneSettings
+        from hactl.ipvs.dataplane import DataPlane, DataPlaneSettings, tune_collector
 
         structlog.configure(
             wrapper_class=structlog.make_filtering_bound_logger(30),  # warnings and up
@@ -133,6 +134,8 @@ def serve(port: int, backend: int, splice: bool, loop: str, pipe_size: int) -> N
         settings = DataPlaneSettings(splice=splice, max_connections=100_000, pipe_size=pipe_size)
         plane = DataPlane(table, settings)
         plane.apply([svc])
+        gc.freeze()  # as `hactl run` does once started (hactl.daemon.Director, freeze_heap)
+        tune_collector()
         stop = asyncio.Event()
         asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
         print(f"READY {loop_name} table={label}", flush=True)

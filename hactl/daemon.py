@@ -87,7 +87,7 @@ from hactl.config.keywords import FlushOnStop
 from hactl.derive import Derived, derive, desired_table, reload_changes, service_label
 from hactl.errors import ConfigErrors, HactlError, NotSupported
 from hactl.ipvs.backend import IpvsBackend, KernelIpvsBackend
-from hactl.ipvs.dataplane import DataPlane, DataPlaneSettings, ServiceOptions
+from hactl.ipvs.dataplane import DataPlane, DataPlaneSettings, ServiceOptions, tune_collector
 from hactl.ipvs.engine import EngineOptions, IpvsEngine
 from hactl.ipvs.events import SyncConnNeeded
 from hactl.ipvs.flows import EngineFlowTable
@@ -473,6 +473,8 @@ class Director:
         self.started.set()
         if self._freeze_heap:
             gc.freeze()  # see `freeze_heap` in the class docstring
+            if self.dataplane is not None:
+                tune_collector()  # per-connection garbage (hactl.ipvs.dataplane)
         sd_notify(f"READY=1\nSTATUS=serving {len(self.derived.table.services)} virtual "
                   f"services\nMAINPID={os.getpid()}")
         _log.info("daemon.started", services=len(self.derived.table.services),

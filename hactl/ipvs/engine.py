@@ -42,12 +42,12 @@ from hactl.errors import KernelError, NotSupported
 from hactl.ipvs import proto as P
 from hactl.ipvs.conntable import Conn, ConnKey, Template, TimerWheel, addr_int
 from hactl.ipvs.events import (
-    ConnExpired,
     DefenseChanged,
     DestFreed,
     ExpiryReason,
     IpvsEvent,
     SyncConnNeeded,
+    conn_expired,
 )
 from hactl.ipvs.model import (
     AF_INET,
@@ -127,6 +127,8 @@ _TH_SYN_RST = _TH_SYN | _TH_RST
 _SCTP_INIT, _SCTP_ABORT = P.SCTP_CHUNK_INIT, P.SCTP_CHUNK_ABORT
 _DIR_INPUT, _DIR_OUTPUT, _DIR_INPUT_ONLY = P.DIR_INPUT, P.DIR_OUTPUT, P.DIR_INPUT_ONLY
 _TCP_CLOSE, _TCP_ESTABLISHED = int(P.TcpState.CLOSE), int(P.TcpState.ESTABLISHED)
+_TCP_TIME_WAIT = int(P.TcpState.TIME_WAIT)
+_REUSE = ExpiryReason.REUSE
 # Entries with any of these flags take the general path after the state transition.
 _SLOW_PATH_FLAGS = IP_VS_CONN_F_ONE_PACKET | IP_VS_CONN_F_BYPASS
 
@@ -577,6 +579,31 @@ class IpvsEngine:
         else:
             key = (addr_int(saddr), _PORTS[sport], addr_int(daddr), _PORTS[dport], 6)
         cp = pp.conns.get(key)
+        if (
+            cp is not None
+            and tflags & _TH_SYN
+            and pp is self._tcp
+            and cp.expires > now
+            and (cp.state == _TCP_TIME_WAIT or cp.state == _TCP_CLOSE)
+            and cp.control is None
+            and not cp.flags & IP_VS_CONN_F_NFCT
+            and type(cp) is Conn
+            and self._sysctl.conn_reuse_mode
+            and key[2:] in pp.fast
+        ):
+            # Port reuse (§5.3), the usual case: a client port comes back while its entry is
+            # in TIME_WAIT or CLOSE (a busy client's steady state). `_check_existing` would
+            # reschedule it (is_new_conn_expected, no old conntrack, no controller); this is
+            # its `_expire`, inlined, and the new flow then takes the fast path below.
+            # Only for services on the fast path, so the differential test covers it.
+            del pp.conns[key]
+            cp.tb = None
+            self._unbind_dest(cp)
+            if self._unbound:
+                self._unbound.pop(cp, None)
+            if self._opts.report_expiry:
+                self._events.append(conn_expired(cp, _REUSE))
+            cp = None
         if cp is None:
             svc = pp.fast.get(key[2:])
             if (
@@ -1393,7 +1420,7 @@ class IpvsEngine:
             and type(cp) is Conn
             and not cp.flags & IP_VS_CONN_F_ONE_PACKET  # never in the table
         ):
-            self._events.append(ConnExpired(cp, reason))
+            self._events.append(conn_expired(cp, reason))
 
     def _delete_conn(self, cp: Conn, now: float, reason: ExpiryReason) -> None:
         """`ip_vs_conn_del`: forced expiry (timeout 0) of an armed entry."""

@@ -372,6 +372,15 @@ def _syn(target: tuple[Any, ...], client: int, sport: int = 1000) -> tuple[Any, 
     return ("pkt", target, client, sport, SYN, False, 0, 60)
 
 
+def _life(target: tuple[Any, ...], client: int, sport: int = 1000) -> list[tuple[Any, ...]]:
+    """A whole TCP connection, ending with its entry in TIME_WAIT."""
+    return [
+        ("pkt", target, client, sport, flags, reply, 0, 60)
+        for flags, reply in ((SYN, False), (SYNACK, True), (ACK, False), (FIN | ACK, False),
+                             (FIN | ACK, True), (ACK, False))
+    ]
+
+
 # Scripted cases of what the random search reaches only rarely: a switch flipped between two
 # new flows, after the first has filled the fast path's per-flags transition cache.
 SCRIPTS = {
@@ -413,6 +422,21 @@ SCRIPTS = {
         *[_syn(TCP81, c, 1004) for c in range(3)], ("threshold", TCP81, 1, 2),
         *[_syn(TCP81, c, 1005) for c in range(3)], ("threshold", TCP81, 1, 0),
         *[_syn(TCP81, c, 1006) for c in range(3)],
+    ],
+    # Port reuse (§5.3) of an entry in TIME_WAIT or CLOSE, the steady state of a busy
+    # client; and the cases that must not take the shortcut: conn_reuse_mode 0, an entry
+    # with old conntrack (NFCT), a quiesced dest with expire_nodest_conn, a due entry.
+    "port_reuse": [
+        *_life(TCP80, 0), *_life(TCP80, 0), *_life(TCP6, 1), *_life(TCP6, 1),
+        *_life(TCP81, 2), _syn(TCP81, 2), ("pkt", TCP80, 3, 1000, RST, False, 0, 60),
+        _syn(TCP80, 3), *_life(TCP80, 3, 1001), ("sysctl", ("conn_reuse_mode", 0)),
+        _syn(TCP80, 3, 1001), *_life(TCP80, 0, 1002), ("sysctl", ("conn_reuse_mode", 1)),
+        _syn(TCP80, 0, 1002), ("sysctl", ("conntrack", 1)), *_life(TCP80, 1, 1003),
+        ("sysctl", ("conntrack", 0)), _syn(TCP80, 1, 1003), _syn(TCP80, 1, 1003),
+        *_life(TCP81, 1, 1004), ("sysctl", ("expire_nodest_conn", 1)), ("weight", TCP81, 1, 0),
+        ("weight", TCP81, 2, 0), ("weight", TCP81, 3, 0), _syn(TCP81, 1, 1004),
+        ("weight", TCP81, 1, 1), *_life(TCP80, 2, 1005), ("time", 119.9), _syn(TCP80, 2, 1005),
+        *_life(TCP80, 2, 1006), ("time", 200.0), _syn(TCP80, 2, 1006),
     ],
     "thresholds": [
         ("threshold", TCP81, 3, 1), *[_syn(TCP81, c, p) for c in range(4) for p in (1, 2)],

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 from engine_support import ACK, FIN, SYN, SYNACK, Client, dest, make_engine, rs, tcp_service
 
-from hactl.ipvs.engine import Action
+from hactl.ipvs.engine import Action, EngineOptions
+from hactl.ipvs.events import ConnExpired, ExpiryReason
 from hactl.ipvs.model import IP_VS_CONN_F_NFCT, FwdMethod, IpvsSysctl
 
 
@@ -102,3 +103,24 @@ def test_conntrack_on_with_mode_0_keeps_old_entry() -> None:
     engine.edit_dest(svc.key, dest(2, weight=0), now=5)
     v = c.send(SYN, now=10)
     assert v.action is Action.FORWARD and v.daddr == rs(2)
+
+
+@pytest.mark.parametrize("fast_path", [True, False])
+def test_time_wait_reuse_reports_the_old_entry_once(fast_path: bool) -> None:
+    """The reused entry is reported as one ConnExpired (reason REUSE), equal to one built by
+    its constructor, on the fast path as on the general one; the new entry is a new object
+    and the destination's connection counters hold the new entry only."""
+    svc = tcp_service(dest(1))
+    engine = make_engine(svc, options=EngineOptions(report_expiry=True, fast_path=fast_path))
+    c = Client(engine, "10.9.0.1", 40001)
+    nat_connection_to_time_wait(c, 0)
+    old = c.send(ACK, now=2).conn
+    assert engine.pop_events() == []
+    v = c.send(SYN, now=10)
+    assert v.action is Action.FORWARD and v.conn is not old
+    events = engine.pop_events()
+    assert events == [ConnExpired(old, ExpiryReason.REUSE)]
+    assert type(events[0]) is ConnExpired and hash(events[0]) == hash(events[0])
+    assert c.state() == "SYN_RECV" and engine.conn_count() == 1
+    (d,) = engine.services()[0].dests
+    assert (d.activeconns, d.inactconns, d.stats.conns) == (1, 0, 2)  # SYN_RECV is active
