@@ -539,8 +539,10 @@ def _measure(
                 port, proc = targets[name]
                 series.runs[name].append(metric.run(port, proc, args))
             if "hactl" in names and "haproxy" in names:
-                r = series.ratios("hactl")[-1]
-                print(f"  {metric.label:<22} round {rnd + 1}/{args.rounds}: hactl {r:.2f}x haproxy")
+                # this round's own pair: `ratios` leaves out rounds where HAProxy made 0
+                ours, ref = series.rates("hactl")[-1], series.rates("haproxy")[-1]
+                said = f"{ours / ref:.2f}x haproxy" if ref else "- (haproxy 0)"
+                print(f"  {metric.label:<22} round {rnd + 1}/{args.rounds}: hactl {said}")
         result.append(series)
     return result
 
@@ -571,8 +573,9 @@ def _report(series: list[Series], idle: dict[str, float], names: list[str]) -> l
     medians: dict[str, float] = {}
     for s in series:
         cells = "".join(f"{statistics.median(s.rates(n)):12.1f}" for n in names)
-        medians[s.metric.key] = statistics.median(s.ratios("hactl")) if s.ratios("hactl") else 0
-        print(f"{s.metric.label:<22}{cells}   {_summary(s.ratios('hactl'))}")
+        ratios = s.ratios("hactl")
+        medians[s.metric.key] = statistics.median(ratios) if ratios else 0
+        print(f"{s.metric.label:<22}{cells}   {_summary(ratios)}")
     if idle:
         cells = "".join(f"{_num(idle.get(n), '.2f'):>12}" for n in names)
         ratio = [idle["hactl"] / idle["haproxy"]] if idle.get("haproxy") else []

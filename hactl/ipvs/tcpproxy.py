@@ -760,10 +760,6 @@ class _Pump:
         self.paused = True
         self.ctx.poller.pause_input(self.sfd)
 
-    @property
-    def holding(self) -> bool:
-        return self.pending is not None or self.pipe is not None
-
     def _on_eof(self) -> None:
         self.eof = True
         self.reading = False
@@ -774,7 +770,7 @@ class _Pump:
         ctx.table.flow_event(conn.flow, self.fin_event, self.unreported, now=now)
         self.unreported = 0
         ctx.log_quiet(_CLIENT_HALF_CLOSE if self.up else _SERVER_HALF_CLOSE, conn)
-        if self.pending is None and self.pipe is None:  # (not `holding`: a call less)
+        if self.pending is None and self.pipe is None:  # holds nothing
             self.shutdown_destination()
 
     def shutdown_destination(self) -> None:
