@@ -1377,8 +1377,7 @@ def _collect(
     This loop runs once per statement of the configuration: it is kept to dict lookups and
     attribute reads (the 10,000-service benchmark spends most of the build here).
     """
-    found = _DISPATCH.get((id(block), cls))
-    table = found[1] if found is not None and found[0] is block else _dispatch(block, cls)
+    table = _dispatch(block, cls)
     values = _Values()
     values.bad = _NO_FIELDS
     values.pos = positions = {}

@@ -571,25 +571,34 @@ async def test_answers_queued_at_the_deadline_are_results() -> None:
     """After a stall, more sockets are ready than one poll takes and the deadline timer is
     due in the same loop turn: the connections that completed in time count as successes,
     not as timeouts."""
+    # 400: more than one poll's batch
+    results, _ = await connect_many(400, within=0.05, stall=0.2)
+    assert {(r.ok, r.detail) for r in results} == {(True, "ok")}
+
+
+async def connect_many(n: int, *, within: float,
+                       stall: float = 0.0) -> tuple[list[ProbeResult], int]:
+    """Start `n` plain TCP probes at once (deadline `within` s), stall the loop `stall` s,
+    and wait for all their results; returns them and the poller's idle sockets then. The
+    connections complete in the kernel's accept queue; nobody needs to accept."""
     loop = asyncio.get_running_loop()
     results: list[ProbeResult] = []
-    n = 400  # more than one poll's batch
     with socket.socket() as listener:
-        # connections complete in the kernel's accept queue; nobody needs to accept
         listener.bind(("127.0.0.1", 0))
         listener.listen(n + 16)
         port = listener.getsockname()[1]
         poller = Poller(loop)
         try:
             plan = ProbePlan(TcpCheck(connect=FAST), LO, port)
-            deadline = loop.time() + 0.05
+            deadline = loop.time() + within
             for _ in range(n):
                 FastProbe(plan, done=results.append, poller=poller).start(deadline)
-            time.sleep(0.2)  # noqa: ASYNC251 - the point: a stalled loop
+            if stall:
+                time.sleep(stall)  # noqa: ASYNC251 - the point: a stalled loop
             await until_count(results, n)
+            return results, poller.idle_count()
         finally:
             poller.close()
-    assert {(r.ok, r.detail) for r in results} == {(True, "ok")}
 
 
 async def until_count(items: list[ProbeResult], n: int) -> None:
@@ -807,23 +816,8 @@ async def test_only_exchanges_that_went_to_their_end_keep_their_socket(handler: 
 
 @pytest.mark.asyncio
 async def test_idle_sockets_are_bounded() -> None:
-    loop = asyncio.get_running_loop()
-    results: list[ProbeResult] = []
-    n = IDLE_SOCKETS + 20
-    with socket.socket() as listener:
-        listener.bind(("127.0.0.1", 0))
-        listener.listen(n + 16)
-        port = listener.getsockname()[1]
-        poller = Poller(loop)
-        try:
-            plan = ProbePlan(TcpCheck(connect=FAST), LO, port)
-            deadline = loop.time() + 1.0
-            for _ in range(n):
-                FastProbe(plan, done=results.append, poller=poller).start(deadline)
-            await until_count(results, n)
-            assert poller.idle_count() == IDLE_SOCKETS
-        finally:
-            poller.close()
+    results, idle = await connect_many(IDLE_SOCKETS + 20, within=1.0)
+    assert idle == IDLE_SOCKETS
     assert {(r.ok, r.detail) for r in results} == {(True, "ok")}
 
 

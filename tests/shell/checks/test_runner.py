@@ -252,6 +252,23 @@ async def test_stats_measure_lateness() -> None:
     assert st.lateness_quantile(0.5) < 0.1
 
 
+def many_servers(check: CheckSpec, *, vips: str, rips: str, n_vs: int,
+                 n_rs: int) -> list[VirtualServerSpec]:
+    """`n_vs` virtual servers (`vips` + 1.., port 80) of `n_rs` real servers each
+    (`rips` + v.1.., port 80), all checked by `check`."""
+    return [
+        VirtualServerSpec(
+            key=ServiceKey.for_address(IpProto.TCP, ipaddress.IPv4Address(f"{vips}{v}"), 80),
+            real_servers=tuple(
+                RealServerSpec(addr=ipaddress.IPv4Address(f"{rips}{v}.{n}"), port=80,
+                               checks=(check,))
+                for n in range(1, n_rs + 1)
+            ),
+        )
+        for v in range(1, n_vs + 1)
+    ]
+
+
 @pytest.mark.asyncio
 async def test_a_backlog_of_due_probes_starts_in_batches() -> None:
     """400 probes due at once (warmup 0) start in batches with event-loop turns between
@@ -266,17 +283,7 @@ async def test_a_backlog_of_due_probes_starts_in_batches() -> None:
         return ProbeResult(True, "ok")
 
     now_check = dataclasses.replace(CHECK, warmup=0.0, delay_loop=5.0)
-    specs = [
-        VirtualServerSpec(
-            key=ServiceKey.for_address(IpProto.TCP, ipaddress.IPv4Address(f"10.3.0.{v}"), 80),
-            real_servers=tuple(
-                RealServerSpec(addr=ipaddress.IPv4Address(f"127.0.{v}.{n}"), port=80,
-                               checks=(now_check,))
-                for n in range(1, 51)
-            ),
-        )
-        for v in range(1, 9)
-    ]
+    specs = many_servers(now_check, vips="10.3.0.", rips="127.0.", n_vs=8, n_rs=50)
     runner = CheckRunner(specs, emit=Events(), rng=random.Random(1), probe=probe)
     async with running(runner):
         await until(lambda: runner.stats.completed == 400)
@@ -313,17 +320,7 @@ async def test_a_backlog_of_results_is_fed_in_batches() -> None:
         return ProbeResult(True, "ok")
 
     check = dataclasses.replace(CHECK, warmup=0.0, delay_loop=30.0)
-    specs = [
-        VirtualServerSpec(
-            key=ServiceKey.for_address(IpProto.TCP, ipaddress.IPv4Address(f"10.4.0.{v}"), 80),
-            real_servers=tuple(
-                RealServerSpec(addr=ipaddress.IPv4Address(f"127.1.{v}.{i}"), port=80,
-                               checks=(check,))
-                for i in range(1, 101)
-            ),
-        )
-        for v in range(1, 13)
-    ]
+    specs = many_servers(check, vips="10.4.0.", rips="127.1.", n_vs=12, n_rs=100)
     runner = BatchRecordingRunner(specs, emit=Events(), rng=random.Random(1), probe=probe)
     async with running(runner):
         await until(lambda: runner.stats.started == n)
