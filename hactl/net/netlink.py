@@ -101,32 +101,14 @@ class _AddressRequests:
             self._sock.send(
                 address_request(msg_type, flags | _NLM_F_REQUEST | _NLM_F_ACK, seq, index, address)
             )
+            loop = asyncio.get_running_loop()
             async with asyncio.timeout(_ACK_TIMEOUT):
                 while True:
-                    try:
-                        data = self._sock.recv(65536)
-                    except BlockingIOError:
-                        await self._readable()
-                        continue
-                    code = ack_errno(data, seq)
+                    # reads at once when the ACK is queued, else waits for the socket
+                    code = ack_errno(await loop.sock_recv(self._sock, 65536), seq)
                     if code is not None:
                         return code
                     # an answer to an earlier request that timed out: skip it
-
-    async def _readable(self) -> None:
-        loop = asyncio.get_running_loop()
-        ready: asyncio.Future[None] = loop.create_future()
-        fd = self._sock.fileno()
-
-        def wake() -> None:
-            if not ready.done():
-                ready.set_result(None)
-
-        loop.add_reader(fd, wake)
-        try:
-            await ready
-        finally:
-            loop.remove_reader(fd)
 
     def close(self) -> None:
         self._sock.close()
